@@ -1,0 +1,185 @@
+"""Loading HIP-EquiformerV2 weights: ours, the HIP authors', HORM's, and plain state dicts.
+
+Formats (all read with ``torch.load``):
+
+a. our Lightning checkpoints: ``state_dict`` keys prefixed ``model.``, model kwargs in
+   ``hyper_parameters["model"]``;
+b. the HIP authors' Lightning checkpoints: keys prefixed ``potential.``, their model kwargs in
+   ``hyper_parameters`` (the dict holding ``sphere_channels``);
+c. HORM's EquiformerV2 ``eqv2.ckpt``: format (b) without Hessian modules; the Hessian readout is
+   then freshly initialised, and a warning says so;
+d. ``{"state_dict": <authors' names, no prefix>, "config": <authors' model kwargs>}``.
+
+Module names are the authors' (``../shared/reference/*.txt``), so weights map one to one. Keys the
+authors' model registers but never uses (``edge_degree_embedding_hessian.*``) are dropped by name;
+every other missing, unexpected or mis-shaped key raises :class:`CheckpointError` listing them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hip.model.hip_equiformer import HESSIAN_MODULES, HIPEquiformerV2
+
+#: State-dict prefixes that the authors' model registers but never uses in ``forward``.
+UNUSED_AUTHOR_PREFIXES = ("edge_degree_embedding_hessian.",)
+
+#: Authors' kwargs with a direct counterpart in :class:`HIPEquiformerV2`.
+_SAME_NAME = ("num_layers", "sphere_channels", "attn_hidden_channels", "num_heads", "attn_alpha_channels",
+              "attn_value_channels", "ffn_hidden_channels", "grid_resolution", "num_sphere_samples",
+              "edge_channels", "max_radius", "max_neighbors", "cutoff_hessian", "num_layers_hessian",
+              "avg_degree", "max_num_elements", "weight_init")
+
+#: Authors' kwargs whose value our architecture fixes: the value they must have.
+_FIXED = {"use_pbc": False, "norm_type": "layer_norm_sh", "use_atom_edge_embedding": True,
+          "share_atom_edge_embedding": False, "distance_function": "gaussian", "attn_activation": "silu",
+          "ffn_activation": "silu", "use_s2_act_attn": False, "use_attn_renorm": True, "use_gate_act": False,
+          "use_grid_mlp": True, "use_sep_s2_act": True, "hessian_no_attn_weights": True}
+
+#: Authors' kwargs that do not change inference or the weights: accepted and ignored.
+_IGNORED = ("name", "regress_forces", "otf_graph", "num_distance_basis", "avg_degree_hessian", "alpha_drop",
+            "drop_path_rate", "proj_drop", "hessian_alpha_drop", "attn_wo_sigmoid", "use_m_share_rad",
+            "model", "load_energy_lin_ref", "use_energy_lin_ref", "enforce_max_neighbors_strictly")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded into :class:`HIPEquiformerV2`; the message lists why."""
+
+
+def config_from_authors(config: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """Translate the HIP/HORM authors' model kwargs to :class:`HIPEquiformerV2` kwargs.
+
+    Raises:
+        CheckpointError: for a kwarg we do not know, or an architecture variant we do not build.
+    """
+    unknown = sorted(set(config) - {*_SAME_NAME, *_FIXED, *_IGNORED, "lmax_list", "mmax_list", "avg_num_nodes"})
+    if unknown:
+        raise CheckpointError(f"{where}: unknown model config keys {unknown}")
+    variants = {k: config[k] for k, v in _FIXED.items() if k in config and config[k] != v}
+    if variants:
+        raise CheckpointError(f"{where}: unsupported architecture settings {variants}; expected {_FIXED}")
+    ours = {k: config[k] for k in _SAME_NAME if k in config}
+    for key in ("lmax_list", "mmax_list"):
+        if key in config:
+            if len(config[key]) != 1:
+                raise CheckpointError(f"{where}: {key}={config[key]}: only one resolution is supported")
+            ours[key.removesuffix("_list")] = config[key][0]
+    if "avg_num_nodes" in config:
+        ours["energy_normalizer"] = config["avg_num_nodes"] or "batch_mean"
+    return ours
+
+
+def _find_authors_config(hyper_parameters: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    if "sphere_channels" in hyper_parameters:
+        return hyper_parameters
+    for value in hyper_parameters.values():
+        if isinstance(value, Mapping) and "sphere_channels" in value:
+            return value
+    return None
+
+
+def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_state_dict_checked(model: HIPEquiformerV2, state_dict: Mapping[str, torch.Tensor], where: str,
+                            allow_missing_hessian: bool = False) -> None:
+    """Load weights by name; raise :class:`CheckpointError` listing every mismatch.
+
+    Args:
+        model: the model to fill.
+        state_dict: weights with the authors' (= our) names.
+        where: the checkpoint path, for messages.
+        allow_missing_hessian: accept a checkpoint without the Hessian readout (HORM's).
+
+    Returns:
+        None; ``model`` holds the weights.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(UNUSED_AUTHOR_PREFIXES)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    if allow_missing_hessian:
+        missing = [k for k in missing if not _is_hessian_key(k)]
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                    for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        def listing(title, keys):
+            return f"\n  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
+        raise CheckpointError(f"{where} does not match HIPEquiformerV2({model.config})"
+                              + (listing("missing", missing) if missing else "")
+                              + (listing("unexpected", unexpected) if unexpected else "")
+                              + (listing("mis-shaped", shapes) if shapes else ""))
+    model.load_state_dict(state_dict, strict=False)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Model kwargs and state dict (authors' = our names, no prefix) of a checkpoint in any format.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: unrecognised format or unknown config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict with 'state_dict')")
+    state_dict, hparams = checkpoint["state_dict"], checkpoint.get("hyper_parameters", {})
+    if isinstance(hparams.get("model"), Mapping) and any(k.startswith("model.") for k in state_dict):
+        return dict(hparams["model"]), _strip_prefix(state_dict, "model.")  # (a) ours
+    if "config" in checkpoint:  # (d) plain dict with the authors' names
+        return config_from_authors(checkpoint["config"], f"{path} ['config']"), dict(state_dict)
+    if (authors := _find_authors_config(hparams)) is not None:  # (b), (c)
+        return (config_from_authors(authors, f"{path} ['hyper_parameters']"),
+                _strip_prefix(state_dict, "potential."))
+    raise CheckpointError(f"{path}: no model config found (looked for hyper_parameters['model'], "
+                          "'config', and a hyper_parameters dict with 'sphere_channels')")
+
+
+def _is_hessian_key(key: str) -> bool:
+    return key.startswith((*HESSIAN_MODULES, *UNUSED_AUTHOR_PREFIXES, "SO3_rotation_hessian",
+                           "distance_expansion_hessian"))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **overrides) -> HIPEquiformerV2:
+    """Load a ready HIP-EquiformerV2 in eval mode from any of the formats of this module.
+
+    Args:
+        path: checkpoint file.
+        map_location: device for the weights.
+        **overrides: model kwargs replacing the checkpoint's (e.g. ``num_layers_hessian`` for a
+            HORM backbone).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: unrecognised format, unknown config, or mismatched weights (listed).
+    """
+    config, state_dict = read_checkpoint(path, map_location)
+    model = HIPEquiformerV2(**(config | overrides)).to(map_location)
+    has_hessian = any(k.startswith("hessian_layers.") for k in state_dict)
+    load_state_dict_checked(model, state_dict, str(path), allow_missing_hessian=not has_hessian)
+    if not has_hessian:
+        warnings.warn(f"{path} has no Hessian readout (a HORM energy/force checkpoint): the Hessian "
+                      "head is untrained until you train it (python train.py experiment=hip_frozen)",
+                      stacklevel=2)
+    return model.eval()
+
+
+def load_backbone_weights(model: HIPEquiformerV2, path: str | Path) -> None:
+    """Copy backbone and energy/force-head weights of a checkpoint (any format) into ``model``.
+
+    The checkpoint's Hessian readout, if any, is ignored; ``model``'s stays as it is.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`read_checkpoint`; mismatched backbone keys.
+    """
+    _, state_dict = read_checkpoint(path, next(model.parameters()).device)
+    backbone = {k: v for k, v in state_dict.items() if not _is_hessian_key(k)}
+    load_state_dict_checked(model, backbone, str(path), allow_missing_hessian=True)

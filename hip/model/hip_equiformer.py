@@ -1,0 +1,230 @@
+"""HIP-EquiformerV2: fairchem's EquiformerV2 backbone, energy and direct-force heads, HIP readout.
+
+Module names equal those of the HIP authors' ``EquiformerV2_OC20`` (``../shared/reference``), so
+their checkpoints and HORM's load by name. Defaults are the paper's Table 4 (with the authors'
+``attn_value_channels = 16``), except the energy normaliser, which is a fixed number (HORM's
+77.81317) so that batch composition never changes a molecule's energy.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+from fairchem.core.models.base import GraphData
+from fairchem.core.models.equiformer_v2.edge_rot_mat import init_edge_rot_mat
+from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone
+from fairchem.core.models.equiformer_v2.so3 import SO3_Embedding, SO3_LinearV2, SO3_Rotation
+from fairchem.core.models.equiformer_v2.transformer_block import (
+    FeedForwardNetwork,
+    SO2EquivariantGraphAttention,
+    TransBlockV2,
+)
+from fairchem.core.models.equiformer_v2.weight_initialization import eqv2_init_weights
+from fairchem.core.models.scn.smearing import GaussianSmearing
+from torch import nn
+
+from hip.data.graphs import GraphBuilder
+from hip.model.hessian_head import (
+    SO2EdgeMessages,
+    assemble_hessian,
+    irreps_to_blocks,
+    irreps_to_cartesian_basis,
+    project_l2,
+)
+
+#: Top-level modules that make up the Hessian readout (trainable in frozen mode).
+HESSIAN_MODULES = ("hessian_layers", "hessian_head", "hessian_edge_message_proj", "hessian_node_proj")
+
+#: HORM's energy normaliser: predicted ``ae`` = Σ node energies / 77.81317.
+HORM_ENERGY_NORMALIZER = 77.81317
+
+
+def edge_geometry(pos: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edge vectors pos[source] − pos[target] [E, 3] (Å) and their lengths [E] (Å)."""
+    vec = pos[edge_index[0]] - pos[edge_index[1]]
+    return vec, vec.norm(dim=-1)
+
+
+class HIPEquiformerV2(EquiformerV2Backbone):
+    """Energy, forces and Hessian of molecules in one forward pass (paper §3, Fig. 1).
+
+    Args:
+        num_layers, sphere_channels, attn_hidden_channels, num_heads, attn_alpha_channels,
+        attn_value_channels, ffn_hidden_channels, lmax, mmax, grid_resolution, num_sphere_samples,
+        edge_channels: backbone sizes (paper Table 4).
+        max_radius: backbone graph cutoff, Å; must equal the data pipeline's ``cutoff``.
+        max_neighbors: backbone neighbour cap (the data pipeline applies it).
+        cutoff_hessian: Hessian-graph cutoff, Å (Table 4: 12 Å).
+        num_layers_hessian: extra ``TransBlockV2`` layers on the Hessian graph (3 frozen, 1 e2e).
+        avg_degree: the backbone's edge-degree-embedding rescale (mean edges per node).
+        energy_normalizer: divisor of the summed node energies; a number, or ``"batch_mean"`` for
+            the HIP authors' behaviour (mean atom count of the batch; compatibility only).
+        max_num_elements, weight_init: as in fairchem.
+
+    ``forward(batch)`` takes a collated batch of :class:`hip.data.graphs.MoleculeGraph` and returns
+    ``{"energy": [B] eV (the ``ae`` target), "forces": [N, 3] eV/Å, "hessian": [Σ 9N_b²] eV/Å²}``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 4,
+        sphere_channels: int = 128,
+        attn_hidden_channels: int = 64,
+        num_heads: int = 4,
+        attn_alpha_channels: int = 64,
+        attn_value_channels: int = 16,
+        ffn_hidden_channels: int = 128,
+        lmax: int = 4,
+        mmax: int = 2,
+        grid_resolution: int = 18,
+        num_sphere_samples: int = 128,
+        edge_channels: int = 128,
+        max_radius: float = 12.0,
+        max_neighbors: int = 32,
+        cutoff_hessian: float = 12.0,
+        num_layers_hessian: int = 3,
+        avg_degree: float = 23.395238876342773,
+        energy_normalizer: float | Literal["batch_mean"] = HORM_ENERGY_NORMALIZER,
+        max_num_elements: int = 90,
+        weight_init: str = "uniform",
+    ):
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__(
+            use_pbc=False, regress_forces=True, otf_graph=False, max_neighbors=max_neighbors,
+            max_radius=max_radius, max_num_elements=max_num_elements, num_layers=num_layers,
+            sphere_channels=sphere_channels, attn_hidden_channels=attn_hidden_channels,
+            num_heads=num_heads, attn_alpha_channels=attn_alpha_channels,
+            attn_value_channels=attn_value_channels, ffn_hidden_channels=ffn_hidden_channels,
+            norm_type="layer_norm_sh", lmax_list=[lmax], mmax_list=[mmax],
+            grid_resolution=grid_resolution, num_sphere_samples=num_sphere_samples,
+            edge_channels=edge_channels, use_atom_edge_embedding=True, share_atom_edge_embedding=False,
+            distance_function="gaussian", attn_activation="silu", use_s2_act_attn=False,
+            use_attn_renorm=True, ffn_activation="silu", use_gate_act=False, use_grid_mlp=True,
+            use_sep_s2_act=True, alpha_drop=0.0, drop_path_rate=0.0, proj_drop=0.0,
+            weight_init=weight_init, avg_degree=avg_degree,
+        )
+        if not (energy_normalizer == "batch_mean" or float(energy_normalizer) > 0):
+            raise ValueError(f"energy_normalizer must be a positive number or 'batch_mean', got {energy_normalizer!r}")
+        if lmax < 2 or mmax < 2:
+            raise ValueError(f"the Hessian readout needs lmax, mmax ≥ 2 (l=2 irreps), got {lmax}, {mmax}")
+        # Forces come from a head, not from −dE/dx: stops fairchem's conditional_grad from forcing
+        # autograd on in every forward.
+        self.direct_forces = True
+        #: The constructor kwargs: what checkpoints store to rebuild the model.
+        self.config = config
+        self.energy_normalizer = energy_normalizer
+        self.cutoff_hessian = cutoff_hessian
+        self.backbone_frozen = False
+
+        self.energy_block = FeedForwardNetwork(
+            sphere_channels, ffn_hidden_channels, 1, self.lmax_list, self.mmax_list, self.SO3_grid,
+            activation="silu", use_grid_mlp=True,
+        )
+        self.force_block = SO2EquivariantGraphAttention(
+            output_channels=1, **self._attention_kwargs(self.SO3_rotation), activation="silu")
+
+        # Hessian readout: its own graph, Wigner matrices and radial basis (reference README §1-2).
+        self.SO3_rotation_hessian = nn.ModuleList([SO3_Rotation(lmax)])
+        self.distance_expansion_hessian = GaussianSmearing(0.0, cutoff_hessian, 600, 2.0)
+        self.hessian_layers = nn.ModuleList(
+            self._transformer_block(self.SO3_rotation_hessian) for _ in range(num_layers_hessian))
+        self.hessian_head = SO2EdgeMessages(
+            output_channels=1, **self._attention_kwargs(self.SO3_rotation_hessian), activation="silu")
+        self.hessian_edge_message_proj = SO3_LinearV2(num_heads * attn_value_channels, 1, lmax=2)
+        self.hessian_node_proj = SO3_LinearV2(sphere_channels, 1, lmax=2)
+        self.register_buffer("irreps_basis", irreps_to_cartesian_basis(), persistent=False)
+        init = partial(eqv2_init_weights, weight_init=weight_init)
+        for name in ("energy_block", "force_block", *HESSIAN_MODULES):
+            getattr(self, name).apply(init)
+
+    def _attention_kwargs(self, so3_rotation: nn.ModuleList) -> dict:
+        """Arguments shared by fairchem's graph-attention modules, on the graph of ``so3_rotation``."""
+        return dict(
+            sphere_channels=self.sphere_channels, hidden_channels=self.attn_hidden_channels,
+            num_heads=self.num_heads, attn_alpha_channels=self.attn_alpha_channels,
+            attn_value_channels=self.attn_value_channels, lmax_list=self.lmax_list, mmax_list=self.mmax_list,
+            SO3_rotation=so3_rotation, mappingReduced=self.mappingReduced, SO3_grid=self.SO3_grid,
+            max_num_elements=self.max_num_elements, edge_channels_list=self.edge_channels_list,
+        )
+
+    def _transformer_block(self, so3_rotation: nn.ModuleList) -> TransBlockV2:
+        """A backbone-like ``TransBlockV2`` (no dropout, no drop path) on the graph of ``so3_rotation``."""
+        kwargs = self._attention_kwargs(so3_rotation)
+        kwargs["attn_hidden_channels"] = kwargs.pop("hidden_channels")
+        return TransBlockV2(**kwargs, ffn_hidden_channels=self.ffn_hidden_channels,
+                            output_channels=self.sphere_channels, use_grid_mlp=True, norm_type="layer_norm_sh")
+
+    # fairchem's backbone reads ``data.atomic_numbers`` and asks ``generate_graph`` for the graph;
+    # ours is precomputed per molecule by the data pipeline.
+    def generate_graph(self, data, **_) -> GraphData:
+        vec, dist = edge_geometry(data.pos, data.edge_index)
+        return GraphData(edge_index=data.edge_index, edge_distance=dist, edge_distance_vec=vec,
+                         cell_offsets=None, offset_distances=None, neighbors=None, batch_full=data.batch,
+                         atomic_numbers_full=data.atomic_numbers.long(), node_offset=0)
+
+    def forward(self, batch, hessian: bool = True) -> dict[str, torch.Tensor]:
+        """Energy ``[B]`` eV, forces ``[N, 3]`` eV/Å and (if ``hessian``) the flat Hessian, eV/Å².
+
+        With :meth:`freeze_backbone`, the backbone and energy/force heads run without autograd.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            embedding = super().forward(batch)
+            x, graph = embedding["node_embedding"], embedding["graph"]
+            out = self._energy_forces(x, graph, batch)
+        if hessian:
+            out["hessian"] = self._hessian(x, batch)
+        return out
+
+    def _energy_forces(self, x: SO3_Embedding, graph: GraphData, batch) -> dict[str, torch.Tensor]:
+        node_energy = self.energy_block(x).embedding[:, 0, 0]
+        energy = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
+        normalizer = batch.natoms.float().mean() if self.energy_normalizer == "batch_mean" else self.energy_normalizer
+        forces = self.force_block(x, graph.atomic_numbers_full, graph.edge_distance, graph.edge_index)
+        return {"energy": energy / normalizer, "forces": forces.embedding[:, 1:4, 0]}
+
+    def _hessian(self, x: SO3_Embedding, batch) -> torch.Tensor:
+        edge_index = batch.edge_index_hessian
+        vec, dist = edge_geometry(batch.pos, edge_index)
+        self.SO3_rotation_hessian[0].set_wigner(init_edge_rot_mat(vec))
+        radial = self.distance_expansion_hessian(dist)
+        z = batch.atomic_numbers.long()
+        for layer in self.hessian_layers:
+            x = layer(x, z, radial, edge_index, batch=batch.batch)
+        messages = self.hessian_head(x, z, radial, edge_index)
+        basis = self.irreps_basis.to(x.embedding.dtype)
+        edge_blocks = irreps_to_blocks(project_l2(self.hessian_edge_message_proj, messages), basis)
+        node_blocks = irreps_to_blocks(project_l2(self.hessian_node_proj, x.embedding), basis)
+        size = int((9 * batch.natoms**2).sum())
+        return assemble_hessian(edge_blocks, node_blocks, batch.hessian_edge_scatter,
+                                batch.hessian_node_scatter, size)
+
+    def graph_builder(self) -> GraphBuilder:
+        """The data transform that builds graphs with this model's cutoffs and neighbour cap."""
+        return GraphBuilder(self.max_radius, self.max_neighbors, self.cutoff_hessian)
+
+    # ---- parameter groups -------------------------------------------------------------------
+    def hessian_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the Hessian readout (:data:`HESSIAN_MODULES`)."""
+        return [p for name in HESSIAN_MODULES for p in getattr(self, name).parameters()]
+
+    def freeze_backbone(self) -> None:
+        """Freeze backbone and energy/force heads: only the Hessian readout stays trainable.
+
+        The frozen part is kept in eval mode and runs under ``torch.no_grad`` (paper §4: HIP on a
+        fixed HORM backbone).
+        """
+        self.backbone_frozen = True
+        hessian = {id(p) for p in self.hessian_parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in hessian)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            for name, module in self.named_children():
+                if name not in HESSIAN_MODULES:
+                    module.eval()
+        return self

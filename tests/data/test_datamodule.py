@@ -1,0 +1,71 @@
+"""HormDataModule on the sample shard: splits, subsets, loaders, and a short Lightning fit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from hip.data import HormDataModule
+
+SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE", Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
+pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
+
+
+def test_splits_subsets_and_batches():
+    dm = HormDataModule(SAMPLE, val=SAMPLE, batch_size=8, train_indices=24, val_indices=range(90, 100),
+                        max_neighbors=6, seed=1)
+    dm.setup("fit")
+    assert len(dm.dataset("train")) == 24 and len(dm.dataset("val")) == 10
+    assert dm.dataset("test") is None and dm.test_dataloader() == []
+    train = list(dm.train_dataloader())
+    assert [b.num_graphs for b in train] == [8, 8, 8]
+    idx = torch.cat([b.dataset_idx for b in train])
+    assert sorted(idx.tolist()) == list(range(24)) and idx.tolist() != list(range(24))  # shuffled
+    # the shuffle is reproducible from the seed
+    again = HormDataModule(SAMPLE, batch_size=8, train_indices=24, seed=1)
+    assert torch.equal(torch.cat([b.dataset_idx for b in again.train_dataloader()]), idx)
+    val = list(dm.val_dataloader())
+    assert torch.equal(torch.cat([b.dataset_idx for b in val]), torch.arange(90, 100))  # in order
+    b = train[0]
+    assert (torch.bincount(b.edge_index[1], minlength=b.num_nodes) <= 6).all()  # graph settings reach
+    assert b.hessian.shape == ((3 * b.natoms) ** 2).sum().reshape(1)
+
+
+def test_workers_are_persistent():
+    dm = HormDataModule(SAMPLE, batch_size=8, num_workers=2, train_indices=16)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    for _ in range(2):  # two epochs through the same workers
+        assert sorted(torch.cat([b.dataset_idx for b in loader]).tolist()) == list(range(16))
+
+
+class _Mean(L.LightningModule):
+    """Smallest module that consumes HORM batches: fits one number to the batch's mean ae."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, _):
+        return (self.w - batch.ae.mean()) ** 2
+
+    def validation_step(self, batch, _):
+        self.log("val", (self.w - batch.ae.mean()) ** 2, batch_size=batch.num_graphs)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_lightning_fit(tmp_path, with_val):
+    dm = HormDataModule(SAMPLE, val=SAMPLE if with_val else None, batch_size=4, train_indices=8,
+                        val_indices=4)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(_Mean(), datamodule=dm)
+    assert trainer.global_step == 2
+    assert ("val" in trainer.callback_metrics) == with_val

@@ -1,0 +1,110 @@
+"""Checkpoint formats: ours (round trip), the HIP authors' names, HORM's backbone-only, and errors."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
+from hip.model.checkpoints import CheckpointError
+
+REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+
+
+def authors_checkpoint(num_layers_hessian: int) -> tuple[dict, dict]:
+    """A state dict with the names, shapes and dtypes of the authors' paper-size model, and its config."""
+    path = REFERENCE / f"hip_eqv2_state_dict_layers_hessian_{num_layers_hessian}.txt"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    lines = path.read_text().splitlines()
+    config = ast.literal_eval(next(line for line in lines if line.startswith("# config:")).split(":", 1)[1])
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for line in lines:
+        if line.startswith("#") or not line.strip():
+            continue
+        name, shape, dtype, *_ = line.split("\t")
+        shape, dtype = ast.literal_eval(shape), getattr(torch, dtype)
+        state[name] = (torch.randn(shape, generator=generator).to(dtype) if dtype.is_floating_point
+                       else torch.zeros(shape, dtype=dtype))
+    return state, config
+
+
+def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
+    torch.manual_seed(0)
+    model = HIPEquiformerV2(**TINY_MODEL).eval()
+    path = tmp_path / "ours.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": model.config}}, path)
+    loaded = load_checkpoint(path)
+    assert not loaded.training
+    batch = collate_molecules(horm_molecules, model.graph_builder())
+    torch.manual_seed(1)
+    expected = model(batch)
+    torch.manual_seed(1)
+    got = loaded(batch)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+
+
+@pytest.mark.parametrize("fmt", ["lightning", "plain"])
+def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
+    state, config = authors_checkpoint(1)
+    path = tmp_path / "hip_authors.ckpt"
+    if fmt == "lightning":
+        torch.save({"state_dict": {f"potential.{k}": v for k, v in state.items()},
+                    "hyper_parameters": {"model_config": config}}, path)
+    else:
+        torch.save({"state_dict": state, "config": config}, path)
+    model = load_checkpoint(path)
+    assert model.config["num_layers_hessian"] == 1 and model.config["energy_normalizer"] == "batch_mean"
+    assert sum(p.numel() for p in model.parameters()) == 19_439_365 - sum(
+        v.numel() for k, v in state.items() if k.startswith("edge_degree_embedding_hessian."))
+    for name in ("hessian_node_proj.weight", "blocks.3.ffn.so3_linear_2.weight", "force_block.alpha_dot"):
+        torch.testing.assert_close(model.state_dict()[name], state[name])
+
+
+def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
+    state, config = authors_checkpoint(1)
+    state = {k: v for k, v in state.items() if not k.startswith(("hessian", "edge_degree_embedding_hessian",
+                                                                  "SO3_rotation_hessian", "distance_expansion_hessian"))}
+    config = {k: v for k, v in config.items() if "hessian" not in k} | {"avg_num_nodes": 77.81317}
+    path = tmp_path / "eqv2.ckpt"
+    torch.save({"state_dict": {f"potential.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"model_config": config}}, path)
+    with pytest.warns(UserWarning, match="untrained"):
+        model = load_checkpoint(path)
+    assert model.config["energy_normalizer"] == 77.81317
+
+
+def test_mismatched_checkpoint_lists_keys(tmp_path):
+    state, config = authors_checkpoint(1)
+    state.pop("blocks.0.ga.alpha_dot")
+    state["blocks.9.extra.weight"] = torch.zeros(2)
+    state["norm.norm_l0.weight"] = torch.zeros(7)
+    path = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": state, "config": config}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message
+    for expected in ("missing (1): blocks.0.ga.alpha_dot", "unexpected (1): blocks.9.extra.weight",
+                     "norm.norm_l0.weight: checkpoint (7,) vs model (128,)"):
+        assert expected in message
+
+
+def test_missing_file_and_unknown_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    state, config = authors_checkpoint(1)
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": state, "config": config | {"sphere_chanels": 3}}, path)
+    with pytest.raises(CheckpointError, match="sphere_chanels"):
+        load_checkpoint(path)
+    torch.save({"weights": state}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(path)

@@ -1,0 +1,44 @@
+"""Train HIP-EquiformerV2 (Hydra + Lightning), then evaluate the best checkpoint.
+
+    python train.py experiment=embedded_demo   # the README's main job (small model, 2 CPU cores)
+    python train.py experiment=hip_frozen      # paper §4: Hessian readout on HORM's frozen backbone
+    python train.py experiment=hip_e2e data=horm_t1x trainer=gpu
+    python train.py -m experiment=embedded_demo loss=mae,mse,mae_eigen8   # Table 6 sweep
+    python train.py experiment=embedded_demo ckpt_path=last hydra.run.dir=<run dir>   # resume
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from hip.training import instantiate_datamodule, instantiate_list, register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    datamodule = instantiate_datamodule(cfg.data, module.model)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=instantiate_list(cfg.get("logger")))
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    if cfg.evaluate:
+        from hip.evaluation import evaluate_checkpoint
+
+        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        evaluate_checkpoint(best, datamodule, Path(cfg.paths.output_dir) / "eval")
+    return None if metric is None else float(metric)
+
+
+if __name__ == "__main__":
+    main()
