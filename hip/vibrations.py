@@ -126,7 +126,8 @@ def eckart_vectors(pos: _ArrayLike, masses: _ArrayLike, rot_tol: float = ROTATIO
     pos = _f64(pos)
     m = _f64(masses, device=pos.device)
     if pos.ndim != 2 or pos.shape[1] != 3 or m.shape != pos.shape[:1]:
-        raise ValueError(f"pos has shape {tuple(pos.shape)} and masses {tuple(m.shape)}; expected [N, 3], [N]")
+        raise ValueError(f"pos has shape {tuple(pos.shape)} and masses {tuple(m.shape)}; "
+                         "expected [N, 3] and [N]")
     n = pos.shape[0]
     r = pos - (m[:, None] * pos).sum(0) / m.sum()
     eye = torch.eye(3, dtype=torch.float64, device=pos.device)
@@ -134,7 +135,7 @@ def eckart_vectors(pos: _ArrayLike, masses: _ArrayLike, rot_tol: float = ROTATIO
     _, axes = torch.linalg.eigh(inertia)  # columns: principal axes i_k
     sqrt_m = m.sqrt()[None, :, None]
     translations = sqrt_m * eye[:, None, :].expand(3, n, 3)  # [a, i, xyz]
-    rotations = sqrt_m * torch.linalg.cross(axes.T[:, None, :].expand(3, n, 3), r[None].expand(3, n, 3), dim=-1)
+    rotations = sqrt_m * torch.linalg.cross(axes.T[:, None, :].expand(3, n, 3), r.expand(3, n, 3), dim=-1)
     norms = rotations.flatten(1).norm(dim=1)
     keep = norms > rot_tol * norms.max()
     rows = torch.cat([translations, rotations[keep]]).reshape(-1, 3 * n)

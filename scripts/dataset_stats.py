@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"median {int(n.median())}, max {int(n.max())}")
     print(f"backbone graph       avg degree {stats['avg_degree']:.3f} (cutoff {args.cutoff} Å, "
           f"max_neighbors {args.max_neighbors})")
-    print(f"Hessian graph        avg degree {stats['avg_degree_hessian']:.3f} (cutoff {args.cutoff_hessian} Å)")
+    print(f"Hessian graph        avg degree {stats['avg_degree_hessian']:.3f} "
+          f"(cutoff {args.cutoff_hessian} Å, no cap)")
     symbols = dict(zip(HORM_ELEMENTS, "HCNOF", strict=True))
     print("elements             " + ", ".join(f"{symbols[z]} {c}" for z, c in sorted(elements.items())))
     print(f"mean |H|             {stats['mean_abs_hessian']:.4f} eV/Å²")

@@ -71,13 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_horm(args: argparse.Namespace) -> None:
-    print(f"recomputing {args.check_horm} entry {args.index} with xc={args.xc} basis={args.basis}", flush=True)
+    print(f"recomputing {args.check_horm} entry {args.index}, xc={args.xc} basis={args.basis}", flush=True)
     r = lab.compare_with_horm(args.check_horm, args.index, xc=args.xc, basis=args.basis,
                               max_memory_mb=args.max_memory)
     print(f"natoms            {int(r['natoms'])}")
     print(f"ΔE (ours−HORM)    {r['delta_energy_mev']:+.2f} meV   (Δae {r['delta_ae_mev']:+.2f} meV)")
-    print(f"force MAE         {r['force_mae']:.4f} eV/Å  (label mean |F| {r['label_mean_abs_force']:.3f})")
-    print(f"Hessian MAE       {r['hessian_mae']:.4f} eV/Å² (label mean |H| {r['label_mean_abs_hessian']:.3f})")
+    print(f"force MAE         {r['force_mae']:.4f} eV/Å   (label mean |F| {r['label_mean_abs_force']:.3f})")
+    mean_h = r['label_mean_abs_hessian']
+    print(f"Hessian MAE       {r['hessian_mae']:.4f} eV/Å²  (label mean |H| {mean_h:.2f})")
     times = [f"{k.removeprefix('time_')} {v:.1f} s" for k, v in r.items() if k.startswith("time_")]
     print("time              " + ", ".join(times))
 

@@ -157,8 +157,8 @@ def build_molecule_graph(
     n = pos.shape[0]
     hessian = fields.get("hessian")
     if hessian is not None and hessian.numel() != 9 * n * n:
-        raise ValueError(f"{where}: field 'hessian' has {hessian.numel()} entries, expected (3N)² = {9 * n * n}"
-                         f" for N = {n}")
+        raise ValueError(f"{where}: field 'hessian' has {hessian.numel()} entries, expected (3N)² = "
+                         f"{9 * n * n} for N = {n}")
     edge_index_hessian = radius_graph(pos, cutoff_hessian)
     nodes = torch.arange(n)
     return MoleculeGraph(
@@ -184,7 +184,8 @@ class GraphBuilder:
         self.max_neighbors = max_neighbors
         self.cutoff_hessian = cutoff_hessian
 
-    def __call__(self, z: torch.Tensor, pos: torch.Tensor, where: str = "molecule", **fields) -> MoleculeGraph:
+    def __call__(self, z: torch.Tensor, pos: torch.Tensor, where: str = "molecule",
+                 **fields: torch.Tensor) -> MoleculeGraph:
         return build_molecule_graph(z, pos, cutoff=self.cutoff, max_neighbors=self.max_neighbors,
                                     cutoff_hessian=self.cutoff_hessian, where=where, **fields)
 

@@ -13,24 +13,27 @@ stable whatever the filter settings; ``len(dataset)`` and ``dataset[i]`` count o
 that were kept.
 
 Filtering and invalid entries. When ``exclude_elements`` is non-empty or ``skip_invalid`` is True,
-the entries are read and validated once, at construction (unpickling dominates: roughly 0.2 ms per
-molecule on one CPU core for HORM sizes, i.e. minutes for the 1.7 M-molecule training shard). With
+the entries are read and validated once, at construction. Measured on the sample shard (N = 8–21,
+one CPU core): 0.8 ms per molecule (0.6 ms of it unpickling), so 0.1 s for 100 molecules and about
+15 minutes per million, hence the scan cache below; loading an item with its graphs takes 1.4 ms. With
 ``skip_invalid=False`` the first invalid entry met there raises; with ``skip_invalid=True`` each one
 is logged (``logging.warning`` naming shard, key and reason), recorded in :attr:`HormDataset.skipped`
 and left out of the index, so indexing stays dense. Without filtering and skipping nothing is read
 up front and an invalid entry raises when it is loaded.
 
 Scan cache. When a shard has at least :data:`CACHE_MIN_ENTRIES` entries to examine, the whole shard
-is scanned and the result (excluded and skipped keys, with reasons) is stored as one ``.npz`` in
+is scanned and the result (excluded and invalid keys, with reasons) is stored as one ``.npz`` in
 ``cache_dir`` (default: ``$HIP_CACHE_DIR`` or ``$XDG_CACHE_HOME/hip`` or ``~/.cache/hip``, then
 ``horm_index/``). The file name hashes the shard's resolved path, size and mtime, the excluded
-elements, ``skip_invalid`` and :data:`CACHE_VERSION`, so a changed shard or setting is rescanned;
-a stale file is never read. Delete the folder to force rescans. Skips loaded from the cache are
-logged again. Smaller selections are scanned directly and not cached.
+elements and :data:`CACHE_VERSION`, so a changed shard or setting is rescanned; a stale file is
+never read. Delete the folder to force rescans. ``skip_invalid`` is applied to the cached result:
+skips are logged again on every load, and without it an invalid entry in the selection raises.
+Smaller selections are scanned directly and not cached.
 
-Processes. LMDB environments are opened lazily and per process (the owning pid is recorded; a
-DataLoader worker opens its own) and are never pickled, so the dataset works with any worker start
-method. Construction closes what it opened, so no environment is inherited through ``fork``.
+Processes. LMDB environments live in a per-process registry (:func:`open_shard`), not in the
+dataset: they are opened on first use, shared by all datasets of the process (py-lmdb ≥ 3 refuses
+to open one file twice in a process), never pickled, and a forked DataLoader worker closes the ones
+it inherited and opens its own (the registry records its pid). Any worker start method works.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ CACHE_MIN_ENTRIES = 10_000
 #: Bump when validation rules change, so that old scan caches are ignored.
 CACHE_VERSION = 1
 
+
 class HormDataError(ValueError):
     """A HORM shard or entry is unusable. The message names the shard path, the key and the field."""
 
@@ -75,20 +79,61 @@ def default_cache_dir() -> Path:
     return Path(root) / "horm_index"
 
 
+# This process's open shards, by (resolved path, device, inode). py-lmdb refuses to open one file
+# twice in a process, so every dataset (train and val on one shard, DataLoader workers) shares them.
+_ENVS: dict[tuple[str, int, int], lmdb.Environment] = {}
+_ENVS_PID = os.getpid()
+
+
 def open_shard(path: str | os.PathLike) -> lmdb.Environment:
-    """Open one HORM shard read-only (no lock file, no readahead), as HORM's own loader does.
+    """This process's read-only environment of one HORM shard, opened on first use.
+
+    Opened with ``subdir=False, readonly=True, lock=False, readahead=False, meminit=False``, as
+    HORM's own loader does. Environments are shared by all datasets of the process (py-lmdb refuses
+    to open a file twice in one process); do not close the returned one, use :func:`close_shards`.
+    After a fork (DataLoader workers) the child closes what it inherited, in the child only (no lock
+    file, so nothing shared is released), and opens its own.
 
     Raises:
         FileNotFoundError: if ``path`` is not a file.
         HormDataError: if the file is not an LMDB database.
     """
+    global _ENVS_PID
+    if _ENVS_PID != os.getpid():
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HORM shard {path} not found")
     try:
-        return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False)
-    except lmdb.Error as e:
-        raise HormDataError(f"HORM shard {path}: cannot be opened as LMDB ({e})") from e
+        stat = path.stat()
+    except OSError as e:
+        raise FileNotFoundError(f"HORM shard {path} not found") from e
+    if not path.is_file():
+        raise FileNotFoundError(f"HORM shard {path} is not a file")
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino)  # a replaced file gets a new environment
+    env = _ENVS.get(key)
+    if env is None:
+        try:
+            env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
+                            meminit=False)
+        except lmdb.Error as e:
+            raise HormDataError(f"HORM shard {path}: cannot be opened as LMDB ({e})") from e
+        _ENVS[key] = env
+    return env
+
+
+def close_shards(paths: Iterable[str | os.PathLike] | None = None) -> None:
+    """Close this process's environments of ``paths`` (default: all); they reopen on next use.
+
+    Needed before a shard is rewritten in place by the same process.
+    """
+    wanted = None if paths is None else {str(Path(p).resolve()) for p in paths}
+    for key in list(_ENVS):
+        if wanted is None or key[0] in wanted:
+            if _ENVS_PID == os.getpid():
+                _ENVS[key].close()
+            del _ENVS[key]
 
 
 def read_length(env: lmdb.Environment, path: str | os.PathLike) -> int:
@@ -104,7 +149,8 @@ def read_length(env: lmdb.Environment, path: str | os.PathLike) -> int:
     try:
         length = pickle.loads(raw)
     except Exception as e:
-        raise HormDataError(f"HORM shard {path} key b'length': cannot be unpickled ({type(e).__name__}: {e})") from e
+        raise HormDataError(f"HORM shard {path} key b'length': cannot be unpickled "
+                            f"({type(e).__name__}: {e})") from e
     if isinstance(length, torch.Tensor) and length.numel() == 1:
         length = length.item()
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
@@ -178,13 +224,15 @@ def decode_entry(raw: bytes | None, where: str, check_geometry: bool = True) -> 
     if one_hot.shape != (n, len(HORM_ELEMENTS)):
         raise HormDataError(f"{where}: field 'one_hot' has shape {tuple(one_hot.shape)}, expected "
                             f"[{n}, {len(HORM_ELEMENTS)}] over (H, C, N, O, F)")
-    charges = _field(fields, "charges", where).reshape(-1).long() if fields.get("charges") is not None else None
+    charges = None
+    if fields.get("charges") is not None:
+        charges = _field(fields, "charges", where).reshape(-1).long()
     is_one_hot = ((one_hot == 0) | (one_hot == 1)).all(dim=1) & (one_hot.sum(dim=1) == 1)
     if not is_one_hot.all():
         row = int((~is_one_hot).nonzero()[0, 0])
-        hint = f" (charges says Z = {int(charges[row])})" if charges is not None and charges.numel() == n else ""
-        raise HormDataError(f"{where}: field 'one_hot' row {row} is {one_hot[row].tolist()}, not one-hot over "
-                            f"(H, C, N, O, F): an element outside H, C, N, O, F or a corrupt row{hint}")
+        hint = f" (charges says Z = {int(charges[row])})" if charges is not None and len(charges) == n else ""
+        raise HormDataError(f"{where}: field 'one_hot' row {row} is {one_hot[row].tolist()}, not one-hot "
+                            f"over (H, C, N, O, F): an element outside H, C, N, O, F or a corrupt row{hint}")
     z = torch.tensor(HORM_ELEMENTS)[one_hot.argmax(dim=1)]
     if charges is not None and not torch.equal(charges, z):
         raise HormDataError(f"{where}: field 'charges' {charges.tolist()} disagrees with the atomic numbers "
@@ -281,17 +329,15 @@ class HormDataset(Dataset):
         self.shards = _shard_paths(path)
         lengths = []
         for shard in self.shards:
-            env = open_shard(shard)
-            try:
-                lengths.append(read_length(env, shard))
-            finally:
-                env.close()
+            lengths.append(read_length(open_shard(shard), shard))
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         total = int(self.offsets[-1])
         if indices is None:
             index = np.arange(total, dtype=np.int64)
         else:
+            if isinstance(indices, torch.Tensor):
+                indices = indices.tolist()
             index = np.asarray(list(indices), dtype=np.int64).reshape(-1)
             bad = index[(index < 0) | (index >= total)]
             if bad.size:
@@ -304,8 +350,6 @@ class HormDataset(Dataset):
         if self.exclude_elements or self.skip_invalid:
             index = self._filter(index)
         self.index = index
-        self._envs: list[lmdb.Environment | None] = [None] * len(self.shards)
-        self._pid: int | None = None
 
     # ---------------------------------------------------------------- construction-time scan
     def _filter(self, index: np.ndarray) -> np.ndarray:
@@ -321,10 +365,11 @@ class HormDataset(Dataset):
             if self.cache_dir is not None and len(wanted) >= CACHE_MIN_ENTRIES:
                 excluded, skipped, reasons = self._scan_cached(s)
             else:
-                excluded, skipped, reasons = self._scan(s, wanted)
-            bad = np.union1d(excluded, skipped)
-            keep[mine] = ~np.isin(local, bad)
+                excluded, skipped, reasons = self._scan(s, wanted, raise_invalid=not self.skip_invalid)
             in_selection = np.isin(skipped, wanted)
+            if not self.skip_invalid and in_selection.any():  # from a whole-shard scan
+                raise HormDataError(reasons[int(np.argmax(in_selection))])
+            keep[mine] = ~np.isin(local, np.union1d(excluded, skipped))
             for key, reason in zip(skipped[in_selection], np.asarray(reasons)[in_selection], strict=True):
                 logger.warning("skipping invalid HORM entry: %s", reason)
                 self.skipped.append((str(shard), str(int(key)).encode(), str(reason)))
@@ -338,35 +383,32 @@ class HormDataset(Dataset):
                 logger.warning("%s: skipped %d invalid entries (keys listed above)", shard, n_skipped)
         return index[keep]
 
-    def _scan(self, s: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Read entries ``local`` of shard ``s``: (excluded keys, skipped keys, skip reasons)."""
+    def _scan(self, s: int, local: np.ndarray, raise_invalid: bool
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Read entries ``local`` of shard ``s``: (excluded keys, invalid keys, their reasons)."""
         shard, excluded, skipped, reasons = self.shards[s], [], [], []
         exclude = set(self.exclude_elements)
-        env = open_shard(shard)
-        try:
-            with env.begin() as txn:
-                for key in tqdm(local.tolist(), desc=f"scanning {shard.name}", leave=False,
-                                disable=len(local) < CACHE_MIN_ENTRIES):
-                    where = f"HORM shard {shard} key {str(key).encode()!r}"
-                    try:
-                        entry = decode_entry(txn.get(str(key).encode()), where)
-                    except HormDataError as e:
-                        if not self.skip_invalid:
-                            raise
-                        skipped.append(key)
-                        reasons.append(str(e))
-                        continue
-                    if exclude and not exclude.isdisjoint(entry["z"].tolist()):
-                        excluded.append(key)
-        finally:
-            env.close()
+        with open_shard(shard).begin() as txn:
+            for key in tqdm(local.tolist(), desc=f"scanning {shard.name}", leave=False,
+                            disable=len(local) < CACHE_MIN_ENTRIES):
+                where = f"HORM shard {shard} key {str(key).encode()!r}"
+                try:
+                    entry = decode_entry(txn.get(str(key).encode()), where)
+                except HormDataError as e:
+                    if raise_invalid:
+                        raise
+                    skipped.append(key)
+                    reasons.append(str(e))
+                    continue
+                if exclude and not exclude.isdisjoint(entry["z"].tolist()):
+                    excluded.append(key)
         return np.asarray(excluded, dtype=np.int64), np.asarray(skipped, dtype=np.int64), reasons
 
     def _scan_cached(self, s: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         shard = self.shards[s]
         stat = shard.stat()
         key = json.dumps([str(shard.resolve()), stat.st_size, stat.st_mtime_ns, self.exclude_elements,
-                          self.skip_invalid, CACHE_VERSION])
+                          CACHE_VERSION])
         file = self.cache_dir / f"{shard.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
         if file.is_file():
             try:
@@ -375,7 +417,8 @@ class HormDataset(Dataset):
                     return cached["excluded"], cached["skipped"], cached["reasons"].tolist()
             except Exception as e:  # a damaged cache file is rescanned, not trusted
                 logger.warning("ignoring unreadable scan cache %s (%s)", file, e)
-        excluded, skipped, reasons = self._scan(s, np.arange(self.lengths[s], dtype=np.int64))
+        # the whole shard, recording invalid entries whatever skip_invalid says (_filter applies it)
+        excluded, skipped, reasons = self._scan(s, np.arange(self.lengths[s], dtype=np.int64), False)
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")
@@ -400,16 +443,9 @@ class HormDataset(Dataset):
         s, key, g = self._locate(i)
         return self.shards[s], key, g
 
-    def _env(self, s: int) -> lmdb.Environment:
-        if self._pid != os.getpid():  # first use in this process (e.g. a DataLoader worker)
-            self._envs, self._pid = [None] * len(self.shards), os.getpid()
-        if self._envs[s] is None:
-            self._envs[s] = open_shard(self.shards[s])
-        return self._envs[s]
-
     def _raw(self, i: int) -> tuple[bytes | None, str, int]:
         s, key, g = self._locate(i)
-        with self._env(s).begin() as txn:
+        with open_shard(self.shards[s]).begin() as txn:
             raw = txn.get(key)
         return raw, f"HORM shard {self.shards[s]} key {key!r}", g
 
@@ -427,17 +463,8 @@ class HormDataset(Dataset):
             raise HormDataError(str(e)) from e
 
     def close(self) -> None:
-        """Close the LMDB environments this process opened (they reopen on the next access)."""
-        if self._pid == os.getpid():
-            for env in self._envs:
-                if env is not None:
-                    env.close()
-        self._envs = [None] * len(self.shards)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_envs"], state["_pid"] = [None] * len(self.shards), None
-        return state
+        """Close this process's environments of this dataset's shards (they reopen on next access)."""
+        close_shards(self.shards)
 
     def __repr__(self) -> str:
         return (f"HormDataset({len(self)} molecules from {len(self.shards)} shard(s), exclude_elements="

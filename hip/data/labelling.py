@@ -344,7 +344,8 @@ def reference_energy(numbers: Sequence[int]) -> float:
 def hessian_to_flat_layout(hess: np.ndarray) -> np.ndarray:
     """PySCF's ``(N, N, 3, 3)`` Hessian ``[i, j, a, b] = d²E/dx_ia dx_jb`` → ``[3N, 3N]``.
 
-    Row/column index ``3·atom + xyz``; units are unchanged. ``.reshape(-1)`` of the result is HORM's row-major flat ``hessian``.
+    Row/column index ``3·atom + xyz``; units are unchanged. ``.reshape(-1)`` of the result is HORM's
+    row-major flat ``hessian``.
     """
     n = hess.shape[0]
     if hess.shape != (n, n, 3, 3):

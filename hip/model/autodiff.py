@@ -11,12 +11,9 @@ its own positions, so the seeds do not mix molecules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
-
-ForceFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 def _row_seeds(batch, rows: torch.Tensor, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeds selecting coordinate ``r`` of every molecule, and the flat targets of the rows.
@@ -58,7 +55,9 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
 
     Returns:
         [Σ_b 9N_b²] flat Hessian, eV/Å². Not symmetrised: direct forces are not exactly
-        conservative, and that asymmetry is part of what the baseline shows.
+        conservative, and that asymmetry is part of what the baseline shows. As in HORM's and
+        the HIP authors' code, fairchem's edge frames are constants for autograd (it detaches
+        them), so this is the derivative at fixed frames (see :func:`finite_difference_hessian`).
     """
     batch = batch.clone()
     batch.pos = batch.pos.detach().requires_grad_(True)
@@ -79,8 +78,9 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
     return hessian
 
 
-def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3, seed: int = 0) -> torch.Tensor:
-    """Central finite differences of the forces: H[:, r] = −(F(x + δ e_r) − F(x − δ e_r)) / 2δ.
+def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3, seed: int = 0,
+                              fixed_frames: bool = False) -> torch.Tensor:
+    """Central finite differences of the forces: H[i, r] = −(F_i(x + δ e_r) − F_i(x − δ e_r)) / 2δ.
 
     Costs 6·max(N_b) force evaluations. The graphs are kept fixed (displacements of ``delta`` Å
     are assumed not to cross a cutoff), and every evaluation uses the same random edge-frame roll
@@ -91,6 +91,10 @@ def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3
         batch: collated molecules.
         delta: displacement, Å.
         seed: RNG seed fixed for every force evaluation.
+        fixed_frames: keep the edge frames of the undisplaced geometry. fairchem detaches the
+            frames from autograd, so this is the finite-difference counterpart of
+            :func:`autodiff_hessian`; ``False`` (default) lets the frames follow the atoms, the
+            plain derivative of the forces.
 
     Returns:
         [Σ_b 9N_b²] flat Hessian, eV/Å²: entry (i, r) is −∂F_i/∂x_r, as in :func:`autodiff_hessian`.
@@ -106,9 +110,10 @@ def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3
             torch.manual_seed(seed)
             return model(batch, hessian=False)["forces"]
 
-    for r in range(n_rows):
-        seeds, flat = _row_seeds(batch, torch.tensor([r], device=pos.device), transpose=True)
-        column = -(forces_at(pos + delta * seeds[0]) - forces_at(pos - delta * seeds[0])) / (2 * delta)
-        _scatter_rows(hessian, flat, column[None])
-    batch.pos = pos
+    with model.fixed_edge_frames() if fixed_frames else nullcontext():
+        forces_at(pos)  # records the frames of the undisplaced geometry when they are fixed
+        for r in range(n_rows):
+            seeds, flat = _row_seeds(batch, torch.tensor([r], device=pos.device), transpose=True)
+            column = -(forces_at(pos + delta * seeds[0]) - forces_at(pos - delta * seeds[0])) / (2 * delta)
+            _scatter_rows(hessian, flat, column[None])
     return hessian

@@ -8,6 +8,7 @@ their checkpoints and HORM's load by name. Defaults are the paper's Table 4 (wit
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from typing import Literal
 
@@ -156,6 +157,32 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         return TransBlockV2(**kwargs, ffn_hidden_channels=self.ffn_hidden_channels,
                             output_channels=self.sphere_channels, use_grid_mlp=True, norm_type="layer_norm_sh")
 
+    @contextmanager
+    def fixed_edge_frames(self):
+        """Within this context, every forward pass reuses the edge frames of the first one.
+
+        fairchem detaches the edge frames (Wigner matrices) from the graph, so autograd sees them
+        as constants; finite differences with fixed frames are the exact counterpart of that
+        derivative (:func:`hip.model.autodiff.finite_difference_hessian`).
+        """
+        self._frames = {}
+        try:
+            yield
+        finally:
+            self._frames = None
+
+    def _edge_frames(self, key: str, edge_vec: torch.Tensor) -> torch.Tensor:
+        """Per-edge rotation matrices [E, 3, 3] (fairchem's, with a random roll about the edge)."""
+        frames = getattr(self, "_frames", None)
+        if frames is None:
+            return init_edge_rot_mat(edge_vec)
+        if key not in frames:
+            frames[key] = init_edge_rot_mat(edge_vec)
+        return frames[key]
+
+    def _init_edge_rot_mat(self, data, edge_index, edge_distance_vec):
+        return self._edge_frames("backbone", edge_distance_vec)
+
     # fairchem's backbone reads ``data.atomic_numbers`` and asks ``generate_graph`` for the graph;
     # ours is precomputed per molecule by the data pipeline.
     def generate_graph(self, data, **_) -> GraphData:
@@ -187,7 +214,7 @@ class HIPEquiformerV2(EquiformerV2Backbone):
     def _hessian(self, x: SO3_Embedding, batch) -> torch.Tensor:
         edge_index = batch.edge_index_hessian
         vec, dist = edge_geometry(batch.pos, edge_index)
-        self.SO3_rotation_hessian[0].set_wigner(init_edge_rot_mat(vec))
+        self.SO3_rotation_hessian[0].set_wigner(self._edge_frames("hessian", vec))
         radial = self.distance_expansion_hessian(dist)
         z = batch.atomic_numbers.long()
         for layer in self.hessian_layers:

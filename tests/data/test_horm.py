@@ -14,18 +14,18 @@ from torch.utils.data import DataLoader
 
 from hip.data import GraphBuilder, HormDataError, HormDataset, collate, split_hessian
 from hip.data import horm as horm_module
+from hip.data.horm import close_shards, open_shard
 
-SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE", Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
+# the real 100-molecule shard, read in place (../shared/horm next to the repository)
+SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
+                             Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
 pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
 
 
 def sample_entries(n: int, start: int = 0) -> list:
     """The first n pickled Data entries of the sample shard, unpickled."""
-    env = lmdb.open(str(SAMPLE), subdir=False, readonly=True, lock=False)
-    with env.begin() as txn:
-        entries = [pickle.loads(txn.get(str(i).encode())) for i in range(start, start + n)]
-    env.close()
-    return entries
+    with open_shard(SAMPLE).begin() as txn:  # the process's shared environment: lmdb opens a file once
+        return [pickle.loads(txn.get(str(i).encode())) for i in range(start, start + n)]
 
 
 def write_shard(path: Path, values: list, length: object | None = None, write_length: bool = True) -> Path:
@@ -159,8 +159,13 @@ def test_scan_cache(tmp_path, monkeypatch, caplog):
     assert "b'3'" in caplog.text  # skips are logged again when read from the cache
     assert first.index.tolist() == second.index.tolist() == [0, 2, 4]
     assert second.skipped == first.skipped and second.num_excluded == 1
+    # without skip_invalid the cached invalid entry raises, if it is selected
+    with pytest.raises(HormDataError, match=r"s\.lmdb key b'3': entry cannot be unpickled"):
+        HormDataset(shard, cache_dir=cache)
+    assert len(HormDataset(shard, indices=[0, 1, 2], cache_dir=cache)) == 2
     # another setting or a changed shard gets its own scan
     assert len(HormDataset(shard, exclude_elements=(), skip_invalid=True, cache_dir=cache)) == 4
+    close_shards([shard])  # before rewriting a shard this process has open
     write_shard(shard, [*entries[:4], sample_entries(1)[0], sample_entries(1)[0]])
     assert len(HormDataset(shard, skip_invalid=True, cache_dir=cache)) == 4
     assert len(list(cache.glob("s-*.npz"))) == 3
@@ -264,9 +269,9 @@ def test_skip_invalid_logs_each_skip_and_counts(tmp_path, caplog):
 
 def test_shard_level_errors(tmp_path):
     missing = tmp_path / "nope.lmdb"
-    with pytest.raises(FileNotFoundError, match="nope.lmdb"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.lmdb"):
         HormDataset(missing)
-    with pytest.raises(FileNotFoundError, match="no \\*.lmdb shards"):
+    with pytest.raises(FileNotFoundError, match=r"no \*\.lmdb shards"):
         HormDataset(tmp_path)
     entries = sample_entries(2)
     no_length = write_shard(tmp_path / "nolength.lmdb", entries, write_length=False)
@@ -282,5 +287,5 @@ def test_shard_level_errors(tmp_path):
     with pytest.raises(HormDataError, match=r"strlength.lmdb key b'length'.*non-negative int"):
         HormDataset(tmp_path / "strlength.lmdb")
     (tmp_path / "text.lmdb").write_text("not an lmdb file, just text " * 200)
-    with pytest.raises(HormDataError, match="text.lmdb"):
+    with pytest.raises(HormDataError, match=r"text\.lmdb"):
         HormDataset(tmp_path / "text.lmdb")

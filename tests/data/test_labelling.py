@@ -122,10 +122,12 @@ def test_horm_level_h2_is_symmetric_and_translation_invariant():
     assert h.shape == (6, 6)
     assert labels.converged
     assert set(labels.timings) == {"scf", "gradient", "hessian", "total"}
-    np.testing.assert_allclose(h, h.T, atol=1e-2)
+    # Both hold up to the DFT grid (PySCF's Hessian has no grid response): 0.2 % of the largest entry.
+    tol = 2e-3 * np.abs(h).max()
+    np.testing.assert_allclose(h, h.T, atol=tol)
     # Translating the molecule changes nothing: forces sum to zero, Hessian rows sum to zero per xyz.
     np.testing.assert_allclose(labels.forces.sum(axis=0), 0.0, atol=1e-3)
-    np.testing.assert_allclose(h.reshape(6, 2, 3).sum(axis=1), 0.0, atol=1e-2)
+    np.testing.assert_allclose(h.reshape(6, 2, 3).sum(axis=1), 0.0, atol=tol)
     # Stretched bond (|r| ≈ 0.83 Å > 0.74 Å): the forces pull the atoms together.
     bond = labels.positions[1] - labels.positions[0]
     assert np.dot(labels.forces[1], bond) < 0

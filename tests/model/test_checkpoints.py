@@ -15,23 +15,26 @@ from hip.model.checkpoints import CheckpointError
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
 
 
-def authors_checkpoint(num_layers_hessian: int) -> tuple[dict, dict]:
-    """A state dict with the names, shapes and dtypes of the authors' paper-size model, and its config."""
+def authors_checkpoint(num_layers_hessian: int) -> tuple[dict, dict, set]:
+    """A state dict with the names, shapes and dtypes of the authors' paper-size model, its config,
+    and the names that are parameters (not buffers)."""
     path = REFERENCE / f"hip_eqv2_state_dict_layers_hessian_{num_layers_hessian}.txt"
     if not path.exists():
         pytest.skip(f"{path} not found")
     lines = path.read_text().splitlines()
     config = ast.literal_eval(next(line for line in lines if line.startswith("# config:")).split(":", 1)[1])
     generator = torch.Generator().manual_seed(0)
-    state = {}
+    state, parameters = {}, set()
     for line in lines:
         if line.startswith("#") or not line.strip():
             continue
-        name, shape, dtype, *_ = line.split("\t")
+        name, shape, dtype, _, kind = line.split("\t")
+        if kind == "param":
+            parameters.add(name)
         shape, dtype = ast.literal_eval(shape), getattr(torch, dtype)
         state[name] = (torch.randn(shape, generator=generator).to(dtype) if dtype.is_floating_point
                        else torch.zeros(shape, dtype=dtype))
-    return state, config
+    return state, config, parameters
 
 
 def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
@@ -53,7 +56,7 @@ def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
 
 @pytest.mark.parametrize("fmt", ["lightning", "plain"])
 def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
-    state, config = authors_checkpoint(1)
+    state, config, parameters = authors_checkpoint(1)
     path = tmp_path / "hip_authors.ckpt"
     if fmt == "lightning":
         torch.save({"state_dict": {f"potential.{k}": v for k, v in state.items()},
@@ -62,14 +65,15 @@ def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
         torch.save({"state_dict": state, "config": config}, path)
     model = load_checkpoint(path)
     assert model.config["num_layers_hessian"] == 1 and model.config["energy_normalizer"] == "batch_mean"
-    assert sum(p.numel() for p in model.parameters()) == 19_439_365 - sum(
-        v.numel() for k, v in state.items() if k.startswith("edge_degree_embedding_hessian."))
+    assert sum(state[k].numel() for k in parameters) == 19_439_365  # the reference's count
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        state[k].numel() for k in parameters if not k.startswith("edge_degree_embedding_hessian."))
     for name in ("hessian_node_proj.weight", "blocks.3.ffn.so3_linear_2.weight", "force_block.alpha_dot"):
         torch.testing.assert_close(model.state_dict()[name], state[name])
 
 
 def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
-    state, config = authors_checkpoint(1)
+    state, config, _ = authors_checkpoint(1)
     state = {k: v for k, v in state.items() if not k.startswith(("hessian", "edge_degree_embedding_hessian",
                                                                   "SO3_rotation_hessian", "distance_expansion_hessian"))}
     config = {k: v for k, v in config.items() if "hessian" not in k} | {"avg_num_nodes": 77.81317}
@@ -82,7 +86,7 @@ def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path):
-    state, config = authors_checkpoint(1)
+    state, config, _ = authors_checkpoint(1)
     state.pop("blocks.0.ga.alpha_dot")
     state["blocks.9.extra.weight"] = torch.zeros(2)
     state["norm.norm_l0.weight"] = torch.zeros(7)
@@ -100,7 +104,7 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
 def test_missing_file_and_unknown_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_checkpoint(tmp_path / "nope.ckpt")
-    state, config = authors_checkpoint(1)
+    state, config, _ = authors_checkpoint(1)
     path = tmp_path / "odd.ckpt"
     torch.save({"state_dict": state, "config": config | {"sphere_chanels": 3}}, path)
     with pytest.raises(CheckpointError, match="sphere_chanels"):
