@@ -1,4 +1,4 @@
-"""Train HIP-EquiformerV2 (Hydra + Lightning), then evaluate the best checkpoint.
+"""Train HIP-EquiformerV2 (Hydra + Lightning), then evaluate the best checkpoint (Table 1 block).
 
     python train.py experiment=embedded_demo   # the README's main job (small model, 2 CPU cores)
     python train.py experiment=hip_frozen      # paper §4: Hessian readout on HORM's frozen backbone
@@ -20,8 +20,8 @@ from hip.training import instantiate_datamodule, instantiate_list, register_reso
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured model; returns the final callback metrics (and evaluation, if asked)."""
     L.seed_everything(cfg.seed, workers=True)
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     datamodule = instantiate_datamodule(cfg.data, module.model)
@@ -31,13 +31,19 @@ def main(cfg: DictConfig) -> float | None:
     if ckpt_path == "last":
         ckpt_path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metric = trainer.callback_metrics.get(cfg.optimized_metric)
-    if cfg.evaluate:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    callback = trainer.checkpoint_callback
+    best = callback and (callback.best_model_path or callback.last_model_path)
+    if cfg.evaluate and best:
         from hip.evaluation import evaluate_checkpoint
 
-        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
         evaluate_checkpoint(best, datamodule, Path(cfg.paths.output_dir) / "eval")
-    return None if metric is None else float(metric)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg).get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

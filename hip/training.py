@@ -106,6 +106,9 @@ class HIPModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_train_epoch_start(self) -> None:
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False)
+
     def configure_optimizers(self):
         options = {"lr": 5e-4, "betas": (0.9, 0.999), "amsgrad": True, "weight_decay": 0.0,
                    **(self.hparams.optimizer or {})}
@@ -118,9 +121,12 @@ class HIPModule(L.LightningModule):
 
 
 def register_resolvers() -> None:
-    """OmegaConf resolvers used by the configs: ``${wandb_offline:}`` is true without an API key."""
+    """OmegaConf resolvers used by the configs: ``${wandb_offline:}`` is true without an API key;
+    ``${range:a,b}`` is the list of indices a … b−1 (dataset subsets)."""
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
+    if not OmegaConf.has_resolver("range"):
+        OmegaConf.register_new_resolver("range", lambda start, stop: list(range(int(start), int(stop))))
 
 
 def instantiate_list(configs: DictConfig | None) -> list:

@@ -118,6 +118,10 @@ def open_shard(path: str | os.PathLike) -> lmdb.Environment:
             env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
                             meminit=False)
         except lmdb.Error as e:
+            if "already open" in str(e):  # by code that bypassed this registry
+                raise RuntimeError(f"HORM shard {path} is already open in this process outside "
+                                   "hip.data.horm.open_shard; open it through open_shard (py-lmdb opens "
+                                   "a file once per process)") from e
             raise HormDataError(f"HORM shard {path}: cannot be opened as LMDB ({e})") from e
         _ENVS[key] = env
     return env

@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from hip.data import HormDataModule
+from hip.data.horm import close_shards
 
 # the real 100-molecule shard, read in place (../shared/horm next to the repository)
 SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
                              Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
 pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_shards_after_module():
+    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
+    yield
+    close_shards()
 
 
 def test_splits_subsets_and_batches():
@@ -62,6 +70,7 @@ class _Mean(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.filterwarnings("ignore:Total length of `list` across ranks is zero")  # no val loader
 @pytest.mark.parametrize("with_val", [True, False])
 def test_lightning_fit(tmp_path, with_val):
     dm = HormDataModule(SAMPLE, val=SAMPLE if with_val else None, batch_size=4, train_indices=8,

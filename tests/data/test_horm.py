@@ -22,6 +22,13 @@ SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
 pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _close_shards_after_module():
+    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
+    yield
+    close_shards()
+
+
 def sample_entries(n: int, start: int = 0) -> list:
     """The first n pickled Data entries of the sample shard, unpickled."""
     with open_shard(SAMPLE).begin() as txn:  # the process's shared environment: lmdb opens a file once
@@ -259,11 +266,10 @@ def test_skip_invalid_logs_each_skip_and_counts(tmp_path, caplog):
     assert len(ds) == 3
     assert [int(ds[i].dataset_idx) for i in range(3)] == [0, 2, 5]
     assert [key for _, key, _ in ds.skipped] == [b"1", b"3", b"4"]
-    skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
-    assert len(skips) == 3
-    for msg, key, field in zip(skips, ("1", "3", "4"), ("'hessian'", "unpickled", "'pos'"), strict=True):
-        assert str(shard) in msg and f"key b'{key}'" in msg and field in msg
-        assert all(r.levelno == logging.WARNING for r in caplog.records if "skipping" in r.getMessage())
+    skips = [r for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skips) == 3 and all(r.levelno == logging.WARNING for r in skips)
+    for r, key, field in zip(skips, ("1", "3", "4"), ("'hessian'", "unpickled", "'pos'"), strict=True):
+        assert str(shard) in r.getMessage() and f"key b'{key}'" in r.getMessage() and field in r.getMessage()
     assert "skipped 3 invalid entries" in caplog.text
 
 

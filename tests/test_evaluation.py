@@ -1,0 +1,185 @@
+"""Evaluation of a checkpoint on real HORM molecules: files, printed Table 1, and metric values."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, read_horm_entries
+from hydra import compose, initialize_config_dir
+
+from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
+from hip.data import HormDataModule
+from hip.data.horm import close_shards
+from hip.evaluation import CSV_METRICS, ID_COLUMNS, ParitySampler, evaluate_checkpoint
+from hip.metrics import METRIC_COLUMNS, TABLE1_COLUMNS, TIME_COLUMN
+from hip.model.autodiff import autodiff_hessian
+
+ROOT = Path(__file__).resolve().parents[1]
+MAE = METRIC_COLUMNS["hessian_mae"]
+
+
+#: Four of the smallest sample molecules (8, 9, 9 and 9 atoms): AD costs 3·max(N) backward rows per batch.
+INDICES = [83, 41, 82, 85]
+
+
+def datamodule(shard: Path, model: HIPEquiformerV2) -> HormDataModule:
+    """Validation split of INDICES in batches of 2, graphs at the model's settings."""
+    return HormDataModule(shard, val=shard, batch_size=2, val_indices=INDICES, exclude_elements=(),
+                          cutoff=model.max_radius, max_neighbors=model.max_neighbors,
+                          cutoff_hessian=model.cutoff_hessian, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny model in our checkpoint format (the one train.py's ModelCheckpoint writes)."""
+    torch.manual_seed(0)
+    model = HIPEquiformerV2(**TINY_MODEL)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": model.config}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(checkpoint, horm_sample_path, tmp_path_factory):
+    """Evaluate 4 molecules (2 batches of 2), HIP and AD, no warm-up: (output dir, printed text, results)."""
+    out = tmp_path_factory.mktemp("eval")
+    stdout = io.StringIO()
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(stdout):
+        model = load_checkpoint(checkpoint)
+        results = evaluate_checkpoint(checkpoint, datamodule(horm_sample_path, model), out,
+                                      autodiff_chunk_size=None, warmup=False)
+    close_shards()  # the tests below read the shard directly
+    return out, stdout.getvalue(), results
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "per_molecule.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
+    out, printed, results = evaluated
+    document = json.loads((out / "metrics.json").read_text())
+    assert list(document["methods"]) == ["HIP", "AD"] == list(results)
+    for method, aggregate in document["methods"].items():
+        assert set(TABLE1_COLUMNS) <= set(aggregate), method
+        assert aggregate["Molecules [count]"] == 4 and aggregate[TIME_COLUMN] > 0
+        assert aggregate[MAE] == pytest.approx(results[method][MAE])
+    energy = "Energy MAE [eV]"
+    assert energy in document["methods"]["HIP"] and energy not in document["methods"]["AD"]
+    meta = document["metadata"]
+    assert meta["checkpoint"] == str(checkpoint.resolve()) and meta["dataset"] == str(horm_sample_path)
+    assert meta["num_molecules"] == 4 and meta["device"] == "cpu" and meta["split"] == "val"
+
+    rows = read_rows(out)
+    assert list(rows[0]) == [*ID_COLUMNS, *CSV_METRICS]
+    assert len(rows) == 8
+    for method in ("HIP", "AD"):
+        mine = [r for r in rows if r["method"] == method]
+        assert [int(r["dataset_idx"]) for r in mine] == INDICES
+        # the aggregate is the mean of the per-molecule values
+        assert np.mean([float(r["hessian_mae"]) for r in mine]) == pytest.approx(results[method][MAE])
+    assert all(r["energy_ae"] == "" for r in rows if r["method"] == "AD")
+
+    for plot in ("hessian_parity.png", "hessian_mae_vs_natoms.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = printed.splitlines()
+    header = next(line for line in lines if line.startswith("Method"))
+    assert "Hessian MAE [eV/Å²]" in header and "Time [ms]" in header
+    assert any(line.startswith("HIP ") for line in lines) and any(line.startswith("AD ") for line in lines)
+    assert (out / "tables.txt").read_text().startswith("Table 1")
+
+
+def test_per_molecule_mae_matches_numpy(evaluated, checkpoint):
+    """The CSV's Hessian MAE of one molecule against the model rerun alone and the raw LMDB label.
+
+    The model's edge frames carry a random roll, so a rerun differs by float32 noise (measured: MAE
+    reruns agree to 1e-9 relative)."""
+    out, _, _ = evaluated
+    rows = {(r["method"], int(r["dataset_idx"])): r for r in read_rows(out)}
+    idx = INDICES[-1]  # second batch
+    (entry,) = read_horm_entries([idx])
+    n = int(entry.pos.shape[0])
+    assert int(rows["HIP", idx]["natoms"]) == n
+    true = entry.hessian.numpy().astype(np.float64).reshape(3 * n, 3 * n)
+    model = load_checkpoint(checkpoint)
+    batch = collate_molecules([(entry.charges.long(), entry.pos.float())], model.graph_builder())
+    with torch.no_grad():
+        hip = model(batch)["hessian"].numpy().astype(np.float64).reshape(3 * n, 3 * n)
+    ad = autodiff_hessian(model, batch, chunk_size=None).numpy().astype(np.float64).reshape(3 * n, 3 * n)
+    for method, pred in (("HIP", hip), ("AD", ad)):
+        expected = np.abs(pred - true).mean()
+        assert float(rows[method, idx]["hessian_mae"]) == pytest.approx(expected, rel=1e-4), method
+    # the tolerance separates the methods: a mix-up of HIP and AD would fail
+    assert abs(np.abs(hip - true).mean() - np.abs(ad - true).mean()) > 1e-3 * np.abs(hip - true).mean()
+
+
+def test_max_molecules_hip_only_no_plots(checkpoint, horm_sample_path, tmp_path):
+    """The second batch is cut to fit max_molecules; a model passed in is used (with warm-up)."""
+    model = load_checkpoint(checkpoint)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = evaluate_checkpoint(None, datamodule(horm_sample_path, model), tmp_path, autodiff=False,
+                                      max_molecules=3, plots=False, model=model)
+    close_shards()
+    assert list(results) == ["HIP"] and results["HIP"]["Molecules [count]"] == 3
+    rows = read_rows(tmp_path)
+    assert [int(r["dataset_idx"]) for r in rows] == INDICES[:3] and {r["method"] for r in rows} == {"HIP"}
+    assert not list(tmp_path.glob("*.png"))
+    assert not any(line.startswith("AD ") for line in printed.getvalue().splitlines())
+
+
+def test_split_without_data_is_an_error(checkpoint, horm_sample_path, tmp_path):
+    model = load_checkpoint(checkpoint)
+    data = datamodule(horm_sample_path, model)
+    with pytest.raises(ValueError, match="no test data"):
+        evaluate_checkpoint(checkpoint, data, tmp_path, split="test", model=model)
+    with pytest.raises(ValueError, match="split must be one of"):
+        evaluate_checkpoint(checkpoint, data, tmp_path, split="valid", model=model)
+    close_shards()
+
+
+def test_parity_sampler_caps_points_and_keeps_methods_aligned():
+    sampler = ParitySampler(max_points=1000, seed=1)
+    for start in range(0, 10_000, 700):
+        values = torch.arange(start, start + 700, dtype=torch.float32)
+        sampler.add(values, {"HIP": values + 0.5, "AD": -values})
+    points = sampler.points()
+    assert 250 < len(sampler) <= 1000 and set(points) == {"DFT", "HIP", "AD"}
+    torch.testing.assert_close(points["HIP"], points["DFT"] + 0.5)
+    torch.testing.assert_close(points["AD"], -points["DFT"])
+    assert points["DFT"].unique().numel() == len(sampler)  # no entry drawn twice
+    assert points["DFT"].min() < 2000 and points["DFT"].max() > 8000  # spread over all batches
+
+
+def _eval_script():
+    spec = importlib.util.spec_from_file_location("hip_eval_script", ROOT / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_py_hydra_config(checkpoint, tmp_path):
+    """eval.py's config composes with data=horm_sample and runs; a missing checkpoint says so."""
+    script = _eval_script()
+    overrides = [f"paths.root_dir={ROOT}", f"paths.output_dir={tmp_path}", "data=horm_sample",
+                 "data.batch_size=2", "eval.max_molecules=2", "eval.autodiff=false", "eval.plots=false"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("eval", overrides=[f"ckpt_path={checkpoint}", *overrides])
+        missing = compose("eval", overrides=[f"ckpt_path={tmp_path / 'nope.ckpt'}", *overrides])
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = script.run(cfg)
+    close_shards()
+    assert results["HIP"]["Molecules [count]"] == 2
+    assert [int(r["dataset_idx"]) for r in read_rows(tmp_path)] == [80, 81]  # horm_sample's val split
+    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt"):
+        script.run(missing)
