@@ -8,7 +8,6 @@ Table 4 (AdamW lr 5e-4, betas (0.9, 0.999), AMSGrad, no weight decay; StepLR eve
 from __future__ import annotations
 
 import os
-
 from collections.abc import Mapping
 from typing import Any, Literal
 

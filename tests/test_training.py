@@ -58,7 +58,7 @@ def test_fast_dev_run(tmp_path, horm_sample_path, experiment):
 def test_frozen_module_without_backbone_checkpoint_says_where_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="backbone_ckpt"):
         HIPModule(model=TINY_MODEL, mode="frozen")
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
         HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=str(tmp_path / "missing.ckpt"))
 
 
@@ -76,7 +76,8 @@ def test_frozen_training_changes_only_hessian_parameters(tmp_path, horm_sample_p
     module = HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=backbone)
     loaded = torch.load(backbone, weights_only=False)["state_dict"]
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    backbone_keys = [k.removeprefix("model.") for k in loaded if not k.startswith(("model.hessian", "model.SO3_rotation_hessian"))]
+    hessian_prefixes = ("model.hessian", "model.SO3_rotation_hessian")
+    backbone_keys = [k.removeprefix("model.") for k in loaded if not k.startswith(hessian_prefixes)]
     assert all(torch.equal(before[k], loaded[f"model.{k}"]) for k in backbone_keys)
     data = HormDataModule(horm_sample_path, val=None, batch_size=2, train_indices=[0, 1, 2, 3], cutoff=12.0,
                           max_neighbors=32, cutoff_hessian=12.0)

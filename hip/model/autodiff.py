@@ -15,6 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
+
 def _row_seeds(batch, rows: torch.Tensor, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeds selecting coordinate ``r`` of every molecule, and the flat targets of the rows.
 

@@ -11,7 +11,8 @@ from hip.model.autodiff import autodiff_hessian, finite_difference_hessian
 
 def test_autodiff_equals_finite_differences_float64(float64, horm_molecules):
     """fairchem detaches the edge frames, so autograd differentiates at fixed frames: central
-    differences at fixed frames must agree to float64 precision (measured max |ΔH| 3e-7 eV/Å² at δ = 1e-5 Å, falling as δ²)."""
+    differences at fixed frames must agree to float64 precision (measured max |ΔH| 3e-7 eV/Å² at
+    δ = 1e-5 Å, falling as δ²)."""
     torch.manual_seed(0)
     model = HIPEquiformerV2(**TINY_MODEL).eval()
     molecules = [(z, pos.double()) for z, pos in horm_molecules[:2]]
