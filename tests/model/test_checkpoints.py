@@ -74,7 +74,8 @@ def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
 
 def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
     state, config, _ = authors_checkpoint(1)
-    hessian_prefixes = ("hessian", "edge_degree_embedding_hessian", "SO3_rotation_hessian", "distance_expansion_hessian")
+    hessian_prefixes = ("hessian", "edge_degree_embedding_hessian", "SO3_rotation_hessian",
+                        "distance_expansion_hessian")
     state = {k: v for k, v in state.items() if not k.startswith(hessian_prefixes)}
     config = {k: v for k, v in config.items() if "hessian" not in k} | {"avg_num_nodes": 77.81317}
     path = tmp_path / "eqv2.ckpt"
