@@ -5,10 +5,17 @@
     python train.py experiment=hip_e2e data=horm_t1x trainer=gpu
     python train.py -m experiment=embedded_demo loss=mae,mse,mae_eigen8   # Table 6 sweep
     python train.py experiment=embedded_demo ckpt_path=last hydra.run.dir=<run dir>   # resume
+    python train.py experiment=embedded_demo trainer=ddp_cpu   # 2 CPU processes (DDP, gloo)
+
+Resuming (``ckpt_path=last``) restores weights, optimiser, LR schedule, step and epoch counters,
+the training loader's position within the epoch and the RNG states, from
+``<run dir>/checkpoints/last.ckpt`` (written every ``callbacks.model_checkpoint.every_n_train_steps``
+steps when set, and at every epoch end); without that file the run starts fresh, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -18,6 +25,7 @@ from omegaconf import DictConfig
 from hip.training import instantiate_datamodule, instantiate_list, register_resolvers
 
 register_resolvers()
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -29,12 +37,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=instantiate_list(cfg.get("logger")))
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
-        ckpt_path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+        ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if ckpt_path.is_file():
+            log.info("resuming from %s", ckpt_path)
+        else:  # the first run of a job that may be resubmitted with the same command
+            log.warning("ckpt_path=last: %s does not exist, starting from scratch", ckpt_path)
+            ckpt_path = None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     callback = trainer.checkpoint_callback
     best = callback and (callback.best_model_path or callback.last_model_path)
-    if cfg.evaluate and best:
+    if cfg.evaluate and best and trainer.is_global_zero:  # once, not on every DDP process
         from hip.evaluation import evaluate_checkpoint
 
         evaluate_checkpoint(best, datamodule, Path(cfg.paths.output_dir) / "eval")

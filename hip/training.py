@@ -3,22 +3,36 @@
 Losses are paper §3.3 (eq. 8, 9) with weights from config; the optimiser and schedule are paper
 Table 4 (AdamW lr 5e-4, betas (0.9, 0.999), AMSGrad, no weight decay; StepLR every 10 epochs,
 γ = 0.85). Gradient clipping (0.1, norm) is the trainer's job (``configs/trainer``).
+
+Resuming. A checkpoint holds what Lightning saves (weights, optimiser, LR schedule, loop
+counters, callback states, the training loader's position: see :mod:`hip.data.datamodule`) plus
+every rank's RNG states (torch, CUDA, numpy, Python), which :class:`HIPModule` adds and restores:
+the model draws random edge-frame rolls from the global torch RNG in every forward, so without them
+a resumed run would not repeat the uninterrupted one. :class:`AtomicCheckpointIO` writes checkpoints
+so that a crash during a save never leaves a truncated file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from hip.losses import hip_loss
+from hip.losses import hessian_mae, hip_loss
 from hip.model.checkpoints import load_backbone_weights
 from hip.model.hip_equiformer import HIPEquiformerV2
+
+logger = logging.getLogger(__name__)
 
 
 class HIPModule(L.LightningModule):
@@ -85,7 +99,10 @@ class HIPModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         self._check_memory(batch)
-        terms = hip_loss(self.model(batch), batch, self.loss_weights, eigen_k=self.hparams.eigen_k)
+        pred = self.model(batch)
+        terms = hip_loss(pred, batch, self.loss_weights, eigen_k=self.hparams.eigen_k)
+        if stage != "train" and "hessian_mae" not in terms:  # the model-selection metric, whatever the loss
+            terms["hessian_mae"] = hessian_mae(pred["hessian"], batch.hessian)
         if not torch.isfinite(terms["loss"]):
             molecules = batch.dataset_idx.tolist() if "dataset_idx" in batch else "unknown"
             raise FloatingPointError(f"{stage} loss is {terms['loss'].item()} at step {self.global_step}; "
@@ -105,6 +122,25 @@ class HIPModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # called on every rank (Lightning's dump_checkpoint), so the gather below is collective
+        states = [rng_states()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_states())
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            logger.warning("the checkpoint holds no RNG states: the resumed run will not repeat the interrupted one")
+            return
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(states) != world:
+            logger.warning("the checkpoint holds RNG states of %d processes, this run has %d: data order and "
+                           "random draws will differ from an uninterrupted run", len(states), world)
+        set_rng_states(states[rank % len(states)])
+
     def on_train_epoch_start(self) -> None:
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False)
 
@@ -119,9 +155,73 @@ class HIPModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+def rng_states() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and Python RNG states, as types ``torch.load`` accepts with
+    ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (what seed_everything seeds)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate()}
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO with crash-safe writes to local paths.
+
+    The checkpoint is written to a hidden temporary file in the target's directory, flushed and
+    fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX within one file
+    system), and the directory is fsynced. A crash or kill at any moment leaves either the old
+    complete file or the new complete file, never a truncated one; a failed write removes its
+    temporary file and leaves the old checkpoint as it was. (Lightning's own writer stages in the
+    system temp dir and moves the file, which degrades to a non-atomic copy when that is another
+    file system, as on most clusters, and does not fsync.) Remote paths (``s3://`` …) fall back to
+    Lightning's writer. Enabled in ``configs/trainer/default.yaml`` (``trainer.plugins``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not support storage_options, got {storage_options}")
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def register_resolvers() -> None:
-    """OmegaConf resolvers used by the configs: ``${wandb_offline:}`` is true without an API key;
-    ``${range:a,b}`` is the list of indices a … b−1 (dataset subsets)."""
+    """Set up what the configs use: ``PROJECT_ROOT`` (the repository, unless set), and the resolvers
+    ``${wandb_offline:}`` (true without an API key) and ``${range:a,b}`` (indices a … b−1)."""
+    os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
     if not OmegaConf.has_resolver("range"):

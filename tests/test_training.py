@@ -88,3 +88,18 @@ def test_frozen_training_changes_only_hessian_parameters(tmp_path, horm_sample_p
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(HESSIAN_MODULES) for k in changed), sorted(changed)
     assert not module.model.blocks.training  # the frozen backbone stayed in eval mode
+
+
+def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "train.py"), "-m", "experiment=embedded_demo", "model=tiny", "data=horm_sample",
+         "data.train_indices=[0,1]", "data.val_indices=[80]", "data.batch_size=2", "+trainer.fast_dev_run=1",
+         "evaluate=false", "logger=none", "loss=mae,mse", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, loss in (("0", "loss=mae"), ("1", "loss=mse")):
+        assert loss in (tmp_path / job / ".hydra" / "overrides.yaml").read_text()

@@ -1,5 +1,11 @@
 """Lightning data module over HORM shards: datasets from :mod:`hip.data.horm`, batches of
-:class:`~hip.data.graphs.MoleculeGraph` collated by :func:`hip.data.graphs.collate`."""
+:class:`~hip.data.graphs.MoleculeGraph` collated by :func:`hip.data.graphs.collate`.
+
+The training loader is a torchdata ``StatefulDataLoader``: Lightning (≥ 2.3) stores its
+``state_dict`` (sampler generator and position within the epoch, worker states) in every
+checkpoint and restores it on resume, so a run resumed from a mid-epoch checkpoint continues
+with the next unseen batch of the same shuffled order instead of restarting the epoch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hip.data.graphs import GraphBuilder, collate
 from hip.data.horm import HormDataset
@@ -36,6 +43,7 @@ class HormDataModule(L.LightningDataModule):
         train_indices, val_indices, test_indices: raw indices to use, or an int K for the first K
             entries (molecules filtered out among them are dropped, so there may be fewer than K).
         seed: seed of the training shuffle (the order differs per epoch, reproducibly).
+        shuffle: shuffle the training set (False: file order, e.g. to compare runs batch by batch).
         pin_memory: passed to the DataLoaders.
 
     Each batch is a ``torch_geometric.data.Batch`` with the fields of ``MoleculeGraph`` plus
@@ -59,6 +67,7 @@ class HormDataModule(L.LightningDataModule):
         val_indices: Indices = None,
         test_indices: Indices = None,
         seed: int = 0,
+        shuffle: bool = True,
         pin_memory: bool = False,
         cache_dir: str | os.PathLike | None = "auto",
     ):
@@ -89,13 +98,17 @@ class HormDataModule(L.LightningDataModule):
         if dataset is None:
             return []  # Lightning skips a loop whose loader list is empty
         hp = self.hparams
-        return DataLoader(
+        # resumable mid-epoch (see the module docstring); evaluation loaders restart anyway
+        loader = StatefulDataLoader if split == "train" else DataLoader
+        return loader(
             dataset, batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, pin_memory=hp.pin_memory,
-            generator=torch.Generator().manual_seed(hp.seed) if shuffle else None)
+            # the training loader's own generator also seeds its workers: drawing that seed from the
+            # global RNG would shift the model's random draws after a mid-epoch resume
+            generator=torch.Generator().manual_seed(hp.seed) if split == "train" else None)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader("train", shuffle=self.hparams.shuffle)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False)
