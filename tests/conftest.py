@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import lmdb
 import pytest
 import torch
 
-HORM_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "horm" / "sample_100.lmdb"
+#: The real 100-molecule HORM shard, read in place (``../shared/horm`` next to the repository).
+HORM_SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
+                                  Path(__file__).resolve().parents[2] / "shared" / "horm" / "sample_100.lmdb"))
 
 #: A tiny HIP-EquiformerV2 for tests: seconds per forward on 2 CPU cores.
 TINY_MODEL = dict(num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
@@ -24,6 +27,15 @@ def read_horm_entries(indices) -> list:
         entries = [pickle.loads(txn.get(str(i).encode())) for i in indices]
     env.close()
     return entries
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_shards_after_module():
+    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
+    yield
+    from hip.data.horm import close_shards
+
+    close_shards()
 
 
 @pytest.fixture(scope="session")

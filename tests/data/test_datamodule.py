@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
+from conftest import HORM_SAMPLE
 
 from hip.data import HormDataModule
-from hip.data.horm import close_shards
 
-# the real 100-molecule shard, read in place (../shared/horm next to the repository)
-SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
-                             Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
+SAMPLE = HORM_SAMPLE
 pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_shards_after_module():
-    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
-    yield
-    close_shards()
 
 
 def test_splits_subsets_and_batches():

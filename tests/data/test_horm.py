@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from pathlib import Path
 
 import lmdb
 import pytest
 import torch
+from conftest import HORM_SAMPLE
 from torch.utils.data import DataLoader
 
 from hip.data import GraphBuilder, HormDataError, HormDataset, collate, split_hessian
 from hip.data import horm as horm_module
 from hip.data.horm import close_shards, open_shard
 
-# the real 100-molecule shard, read in place (../shared/horm next to the repository)
-SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
-                             Path(__file__).resolve().parents[3] / "shared/horm/sample_100.lmdb"))
+SAMPLE = HORM_SAMPLE
 pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"HORM sample shard {SAMPLE} not available")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_shards_after_module():
-    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
-    yield
-    close_shards()
 
 
 def sample_entries(n: int, start: int = 0) -> list:
