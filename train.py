@@ -16,10 +16,12 @@ steps when set, and at every epoch end); without that file the run starts fresh,
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from hip.training import instantiate_datamodule, instantiate_list, register_resolvers
@@ -28,13 +30,29 @@ register_resolvers()
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _unwrapped(what: str):
+    """Re-raise what a constructor raised (a CheckpointError listing keys, a FileNotFoundError …)
+    instead of Hydra's InstantiationException, which shows it as a one-line repr."""
+    try:
+        yield
+    except InstantiationException as e:
+        if e.__cause__ is None:
+            raise
+        e.__cause__.add_note(f"(raised while instantiating {what} with Hydra)")
+        raise e.__cause__ from None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final callback metrics (and evaluation, if asked)."""
     L.seed_everything(cfg.seed, workers=True)
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
-    datamodule = instantiate_datamodule(cfg.data, module.model)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=instantiate_list(cfg.get("logger")))
+    with _unwrapped("the model (config group model)"):
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    with _unwrapped("the data module (config group data)"):
+        datamodule = instantiate_datamodule(cfg.data, module.model)
+    with _unwrapped("the trainer (config groups trainer, callbacks, logger)"):
+        trainer: L.Trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=instantiate_list(cfg.get("logger")))
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -45,8 +63,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             ckpt_path = None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    callback = trainer.checkpoint_callback
-    best = callback and (callback.best_model_path or callback.last_model_path)
+    # the best checkpoint by the monitored metric, else the last one
+    callbacks = sorted(trainer.checkpoint_callbacks, key=lambda c: c.monitor is None)
+    best = next((p for c in callbacks for p in (c.best_model_path, c.last_model_path) if p), None)
     if cfg.evaluate and best and trainer.is_global_zero:  # once, not on every DDP process
         from hip.evaluation import evaluate_checkpoint
 

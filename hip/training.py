@@ -87,15 +87,27 @@ class HIPModule(L.LightningModule):
     def forward(self, batch) -> dict[str, torch.Tensor]:
         return self.model(batch)
 
+    def _on_any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on any DDP process (``flag`` itself without DDP): a process that
+        raised alone would leave the others waiting in their next collective operation."""
+        if self._trainer is None or self._trainer.world_size == 1:
+            return flag
+        return self._trainer.strategy.reduce_boolean_decision(flag, all=False)
+
     def _check_memory(self, batch) -> None:
         natoms = batch.natoms
         entries = int((9 * natoms**2).sum()) * 3 + len(natoms) * 9 * int(natoms.max()) ** 2
         needed = entries * batch.pos.element_size() / 2**30
-        if needed > self.hparams.hessian_memory_budget_gb:
+        over = needed > self.hparams.hessian_memory_budget_gb
+        if not self._on_any_process(over):
+            return
+        if over:
             raise MemoryError(f"a batch of {len(natoms)} molecules (up to {int(natoms.max())} atoms) needs about "
                               f"{needed:.1f} GiB of Hessian tensors, over the budget of "
                               f"{self.hparams.hessian_memory_budget_gb} GiB: use a smaller data.batch_size "
                               "or raise model.hessian_memory_budget_gb")
+        raise MemoryError("another DDP process's batch is over model.hessian_memory_budget_gb (see its error): "
+                          "use a smaller data.batch_size or raise the budget")
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         self._check_memory(batch)
@@ -103,13 +115,17 @@ class HIPModule(L.LightningModule):
         terms = hip_loss(pred, batch, self.loss_weights, eigen_k=self.hparams.eigen_k)
         if stage != "train" and "hessian_mae" not in terms:  # the model-selection metric, whatever the loss
             terms["hessian_mae"] = hessian_mae(pred["hessian"], batch.hessian)
-        if not torch.isfinite(terms["loss"]):
+        finite = bool(torch.isfinite(terms["loss"]))
+        if self._on_any_process(not finite):
+            if finite:
+                raise FloatingPointError(f"{stage} loss is not finite on another DDP process at step "
+                                         f"{self.global_step} (see its error for the molecules)")
             molecules = batch.dataset_idx.tolist() if "dataset_idx" in batch else "unknown"
             raise FloatingPointError(f"{stage} loss is {terms['loss'].item()} at step {self.global_step}; "
                                      f"the batch holds dataset indices {molecules}; terms: "
                                      + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=batch.num_graphs,
-                      prog_bar=stage == "train", sync_dist=stage != "train", on_epoch=True,
+                      prog_bar=stage == "train", sync_dist=True, on_epoch=True,
                       on_step=stage == "train")
         return terms["loss"]
 
@@ -131,6 +147,8 @@ class HIPModule(L.LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None:  # load_from_checkpoint: not a resume, leave the RNGs alone
+            return
         states = checkpoint.get("rng_states")
         if not states:
             logger.warning("the checkpoint holds no RNG states: the resumed run will not repeat the interrupted one")
@@ -142,7 +160,7 @@ class HIPModule(L.LightningModule):
         set_rng_states(states[rank % len(states)])
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False, sync_dist=True)
 
     def configure_optimizers(self):
         options = {"lr": 5e-4, "betas": (0.9, 0.999), "amsgrad": True, "weight_decay": 0.0,

@@ -1,10 +1,20 @@
 """Lightning data module over HORM shards: datasets from :mod:`hip.data.horm`, batches of
 :class:`~hip.data.graphs.MoleculeGraph` collated by :func:`hip.data.graphs.collate`.
 
-The training loader is a torchdata ``StatefulDataLoader``: Lightning (≥ 2.3) stores its
-``state_dict`` (sampler generator and position within the epoch, worker states) in every
-checkpoint and restores it on resume, so a run resumed from a mid-epoch checkpoint continues
-with the next unseen batch of the same shuffled order instead of restarting the epoch.
+Resuming. The training loader is a torchdata ``StatefulDataLoader`` whose sampler is torchdata's
+``StatefulDistributedSampler`` (with one replica outside DDP): the order of epoch e is a function of
+``seed`` and e alone (Lightning sets the epoch), and the sampler counts what it has yielded and
+(our addition) saves its epoch, which a resumed loader with workers needs before Lightning sets it.
+Lightning (≥ 2.3) stores the loader's ``state_dict`` in every checkpoint and restores it, so a run
+resumed from a mid-epoch checkpoint continues with the next unseen batch of the same order, and
+later epochs are shuffled as in an uninterrupted run. (A generator-driven ``RandomSampler`` is not
+enough: the loader draws its worker base seed from the same generator, which a restored state does
+not replay, so the epochs after a resumed one would be shuffled differently.)
+
+Distributed training. Under DDP each process takes every world-size-th molecule of the epoch's
+order (the same ``shuffle`` and ``seed``); Lightning leaves this sampler in place (its own, inserted
+otherwise, always shuffles). Validation and test loaders get Lightning's ``DistributedSampler`` (in
+order; it repeats a few molecules when the count is not a multiple of the number of processes).
 """
 
 from __future__ import annotations
@@ -16,12 +26,28 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from hip.data.graphs import GraphBuilder, collate
 from hip.data.horm import HormDataset
 
 Source = str | os.PathLike | Sequence[str | os.PathLike]
 Indices = int | Sequence[int] | None
+
+
+class _Sampler(StatefulDistributedSampler):
+    """torchdata's resumable distributed sampler that also saves its epoch.
+
+    On resume Lightning creates the training iterator before it calls ``set_epoch``, and with
+    ``num_workers > 0`` the iterator starts prefetching at once, i.e. from epoch 0's order.
+    """
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.epoch = state_dict.get("epoch", self.epoch)
 
 
 def _indices(indices: Indices) -> Sequence[int] | None:
@@ -42,7 +68,8 @@ class HormDataModule(L.LightningDataModule):
             :class:`~hip.data.graphs.GraphBuilder`.
         train_indices, val_indices, test_indices: raw indices to use, or an int K for the first K
             entries (molecules filtered out among them are dropped, so there may be fewer than K).
-        seed: seed of the training shuffle (the order differs per epoch, reproducibly).
+        seed: seed of the training shuffle: epoch e's order depends on (seed, e) only (Lightning calls
+            the sampler's ``set_epoch``; iterating the loader again without it repeats the order).
         shuffle: shuffle the training set (False: file order, e.g. to compare runs batch by batch).
         pin_memory: passed to the DataLoaders.
 
@@ -98,14 +125,18 @@ class HormDataModule(L.LightningDataModule):
         if dataset is None:
             return []  # Lightning skips a loop whose loader list is empty
         hp = self.hparams
-        # resumable mid-epoch (see the module docstring); evaluation loaders restart anyway
-        loader = StatefulDataLoader if split == "train" else DataLoader
-        return loader(
-            dataset, batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
-            num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, pin_memory=hp.pin_memory,
-            # the training loader's own generator also seeds its workers: drawing that seed from the
-            # global RNG would shift the model's random draws after a mid-epoch resume
-            generator=torch.Generator().manual_seed(hp.seed) if split == "train" else None)
+        options = dict(batch_size=hp.batch_size, collate_fn=collate, num_workers=hp.num_workers,
+                       persistent_workers=hp.num_workers > 0, pin_memory=hp.pin_memory)
+        if split != "train":  # evaluation loaders restart anyway
+            return DataLoader(dataset, shuffle=shuffle, **options)
+        # resumable mid-epoch, with or without DDP (see the module docstring)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = _Sampler(dataset, num_replicas=None if distributed else 1, rank=None if distributed else 0,
+                           shuffle=shuffle, seed=hp.seed)
+        # the loader draws its workers' base seed from this generator, not from the global RNG,
+        # which the model's random draws use and a checkpoint restores
+        return StatefulDataLoader(dataset, sampler=sampler, generator=torch.Generator().manual_seed(hp.seed),
+                                  **options)
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=self.hparams.shuffle)
