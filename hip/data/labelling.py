@@ -513,16 +513,23 @@ def open_lmdb(
 ) -> lmdb.Environment:
     """Open a HORM-style LMDB file (``subdir=False``); writable ones are created with parent folders.
 
+    The caller closes the returned environment. py-lmdb ≥ 3 refuses to open a file that is already
+    open in the same process (e.g. by :func:`hip.data.horm.open_shard`).
+
     Raises:
         FileNotFoundError: ``readonly`` and ``path`` does not exist.
+        RuntimeError: the file is already open in this process, or is not an LMDB file.
     """
     path = Path(path)
-    if readonly:
-        if not path.exists():
-            raise FileNotFoundError(f"LMDB file {path} does not exist")
-        return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(str(path), subdir=False, map_size=map_size, readahead=False)
+    try:
+        if readonly:
+            if not path.exists():
+                raise FileNotFoundError(f"LMDB file {path} does not exist")
+            return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(str(path), subdir=False, map_size=map_size, readahead=False)
+    except lmdb.Error as e:
+        raise RuntimeError(f"cannot open LMDB file {path}: {e}") from e
 
 
 def lmdb_length(env: lmdb.Environment) -> int:

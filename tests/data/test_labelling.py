@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,11 @@ def test_make_horm_data_has_horm_fields_and_dtypes():
 
 
 @pytest.mark.skipif(not HORM_SAMPLE.exists(), reason="HORM sample shard not available")
-def test_entries_match_a_real_horm_entry_field_by_field():
-    env = lab.open_lmdb(HORM_SAMPLE, readonly=True)
+def test_entries_match_a_real_horm_entry_field_by_field(tmp_path):
+    # A copy: py-lmdb refuses a second environment on a file that other tests may hold open.
+    copy = tmp_path / "horm.lmdb"
+    shutil.copyfile(HORM_SAMPLE, copy)
+    env = lab.open_lmdb(copy, readonly=True)
     horm = lab.read_entry(env, 0)
     env.close()
     ours = lab.make_horm_data(_fake_labels(3), rxn=0)
