@@ -293,7 +293,7 @@ def ddp_overrides(out: Path, trainer: list[str], batch_size: int) -> list[str]:
     """2 steps on 8 molecules (global batch 4, no shuffle), then validation on 4, LR high enough
     for the validation metrics to move (eigen-subspace loss 0.30 → 0.14). All molecules have 12
     atoms: with equal sizes the mean of per-process mean losses is the mean over the global batch."""
-    return ["experiment=hip_e2e", "model=tiny", "+data.shuffle=false", "data.train_indices=[2,6,10,21,22,33,49,50]",
+    return ["experiment=hip_e2e", "model=tiny", "data.shuffle=false", "data.train_indices=[2,6,10,21,22,33,49,50]",
             "data.val_indices=[60,71,74,75]", f"data.batch_size={batch_size}", "trainer.max_steps=2",
             "trainer.max_epochs=1", "+trainer.num_sanity_val_steps=0", "+trainer.enable_progress_bar=false",
             "+trainer.enable_model_summary=false", "model.optimizer.lr=1e-2",
@@ -366,7 +366,7 @@ def test_corrupt_entry_stops_training_naming_shard_and_key(tmp_path, filtering):
     shard = write_shard_with_corrupt_entry(tmp_path / "corrupt.lmdb")
     overrides = shard_overrides(shard)
     if filtering == "load":  # batches [0, 1], [2, 3]
-        overrides += ["data.exclude_elements=[]", "+data.shuffle=false", "trainer.fast_dev_run=2"]
+        overrides += ["data.exclude_elements=[]", "data.shuffle=false", "trainer.fast_dev_run=2"]
     with pytest.raises(HormDataError) as error:
         train(compose_train(tmp_path, overrides))
     assert str(shard) in str(error.value) and "key b'2'" in str(error.value) and "'hessian'" in str(error.value)
@@ -390,7 +390,7 @@ def test_diverging_training_stops_naming_the_batch(tmp_path):
     loss is not finite and training stops with the dataset indices of that batch (no shuffle)."""
     from train import train
 
-    overrides = ["experiment=hip_e2e", "model=tiny", "+data.shuffle=false", "data.train_indices=[0,1,2,3]",
+    overrides = ["experiment=hip_e2e", "model=tiny", "data.shuffle=false", "data.train_indices=[0,1,2,3]",
                  "data.batch_size=2", "model.optimizer.lr=1e30", "trainer.gradient_clip_val=null",
                  "trainer.max_steps=2", "+trainer.num_sanity_val_steps=0", "+trainer.enable_progress_bar=false"]
     with pytest.raises(FloatingPointError, match=r"train loss is (nan|inf) at step 1; the batch holds dataset "
