@@ -43,8 +43,13 @@ def _scatter_rows(hessian: torch.Tensor, flat: torch.Tensor, values: torch.Tenso
     hessian[flat[keep]] = values[keep]
 
 
+def _row_count(batch, max_rows: int | None) -> int:
+    n_rows = 3 * int(batch.natoms.max())
+    return n_rows if max_rows is None else min(max_rows, n_rows)
+
+
 def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
-                     vectorized: bool = True) -> torch.Tensor:
+                     vectorized: bool = True, max_rows: int | None = None) -> torch.Tensor:
     """Hessian as −∂F/∂x of the model's direct forces (paper Table 1, "AD").
 
     Args:
@@ -53,6 +58,8 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
         batch: collated molecules.
         chunk_size: rows per batched backward pass (bounds memory); ``None``: all at once.
         vectorized: batched gradients (``is_grads_batched``); ``False`` loops over rows.
+        max_rows: compute only rows r < ``max_rows`` of every molecule, leaving the others zero
+            (benchmarks extrapolate the cost of the rest from them).
 
     Returns:
         [Σ_b 9N_b²] flat Hessian, eV/Å². Not symmetrised: direct forces are not exactly
@@ -64,9 +71,9 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
     batch.pos = batch.pos.detach().requires_grad_(True)
     with torch.enable_grad():
         forces = model(batch, hessian=False)["forces"]
-        n_rows = 3 * int(batch.natoms.max())
+        n_rows = _row_count(batch, max_rows)
         hessian = forces.new_zeros(int((9 * batch.natoms**2).sum()))
-        step = n_rows if (chunk_size is None or not vectorized) else chunk_size
+        step = max(n_rows, 1) if (chunk_size is None or not vectorized) else chunk_size
         for start in range(0, n_rows, step):
             rows = torch.arange(start, min(start + step, n_rows), device=forces.device)
             seeds, flat = _row_seeds(batch, rows)
@@ -80,7 +87,7 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
 
 
 def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3, seed: int = 0,
-                              fixed_frames: bool = False) -> torch.Tensor:
+                              fixed_frames: bool = False, max_rows: int | None = None) -> torch.Tensor:
     """Central finite differences of the forces: H[i, r] = −(F_i(x + δ e_r) − F_i(x − δ e_r)) / 2δ.
 
     Costs 6·max(N_b) force evaluations. The graphs are kept fixed (displacements of ``delta`` Å
@@ -96,13 +103,15 @@ def finite_difference_hessian(model: torch.nn.Module, batch, delta: float = 1e-3
             frames from autograd, so this is the finite-difference counterpart of
             :func:`autodiff_hessian`; ``False`` (default) lets the frames follow the atoms, the
             plain derivative of the forces.
+        max_rows: displace only coordinates r < ``max_rows`` of every molecule (as in
+            :func:`autodiff_hessian`).
 
     Returns:
         [Σ_b 9N_b²] flat Hessian, eV/Å²: entry (i, r) is −∂F_i/∂x_r, as in :func:`autodiff_hessian`.
     """
     batch = batch.clone()
     pos = batch.pos.detach()
-    n_rows = 3 * int(batch.natoms.max())
+    n_rows = _row_count(batch, max_rows)
     hessian = pos.new_zeros(int((9 * batch.natoms**2).sum()))
 
     def forces_at(displaced: torch.Tensor) -> torch.Tensor:
