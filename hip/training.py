@@ -77,10 +77,14 @@ class HIPModule(L.LightningModule):
         if mode == "frozen" and any(self.loss_weights.get(k, 0) for k in ("energy", "forces")):
             raise ValueError("frozen mode cannot train energy or forces: set their loss weights to 0")
         self.model = HIPEquiformerV2(**model)
+        where_to_get = ("HORM's eqv2.ckpt: see ckpt/README.md for the download; or a checkpoint of ours, "
+                        "e.g. model.backbone_ckpt=logs/hip_e2e/runs/<date>/checkpoints/last.ckpt")
+        if backbone_ckpt and not Path(backbone_ckpt).is_file():
+            raise FileNotFoundError(f"backbone checkpoint {backbone_ckpt} does not exist; {where_to_get}")
         if backbone_ckpt:
             load_backbone_weights(self.model, backbone_ckpt)
         elif mode == "frozen":
-            raise FileNotFoundError("frozen mode needs model.backbone_ckpt=<checkpoint> (see ckpt/README.md)")
+            raise FileNotFoundError(f"frozen mode needs model.backbone_ckpt=<checkpoint>: {where_to_get}")
         if mode == "frozen":
             self.model.freeze_backbone()
 
