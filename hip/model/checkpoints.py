@@ -39,12 +39,13 @@ _SAME_NAME = ("num_layers", "sphere_channels", "attn_hidden_channels", "num_head
 _FIXED = {"use_pbc": False, "norm_type": "layer_norm_sh", "use_atom_edge_embedding": True,
           "share_atom_edge_embedding": False, "distance_function": "gaussian", "attn_activation": "silu",
           "ffn_activation": "silu", "use_s2_act_attn": False, "use_attn_renorm": True, "use_gate_act": False,
-          "use_grid_mlp": True, "use_sep_s2_act": True, "hessian_no_attn_weights": True}
+          "use_grid_mlp": True, "use_sep_s2_act": True, "hessian_no_attn_weights": True,
+          "use_energy_lin_ref": False, "load_energy_lin_ref": False, "use_m_share_rad": False}
 
 #: Authors' kwargs that do not change inference or the weights: accepted and ignored.
 _IGNORED = ("name", "regress_forces", "otf_graph", "num_distance_basis", "avg_degree_hessian", "alpha_drop",
-            "drop_path_rate", "proj_drop", "hessian_alpha_drop", "attn_wo_sigmoid", "use_m_share_rad",
-            "model", "load_energy_lin_ref", "use_energy_lin_ref", "enforce_max_neighbors_strictly")
+            "drop_path_rate", "proj_drop", "hessian_alpha_drop", "attn_wo_sigmoid",
+            "enforce_max_neighbors_strictly")
 
 
 class CheckpointError(RuntimeError):
