@@ -57,7 +57,6 @@ import ctypes
 import gc
 import itertools
 import math
-import pickle
 import platform
 import statistics
 import sys
@@ -66,10 +65,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import torch
 
+from hip.data import HormDataset
 from hip.data.graphs import collate_molecules
 from hip.model.autodiff import autodiff_hessian, finite_difference_hessian
 from hip.model.hip_equiformer import HIPEquiformerV2
@@ -90,12 +89,10 @@ GAP = 4.0  # Å between the bounding spheres of neighbouring G2 molecules
 
 def read_horm(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(atomic numbers [N], positions [N, 3] Å) of every molecule of a HORM shard, in key order."""
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
-    with env.begin() as txn:
-        length = int(pickle.loads(txn.get(b"length")))
-        entries = [pickle.loads(txn.get(str(i).encode())) for i in range(length)]
-    env.close()
-    return [(e.charges.long(), e.pos.float()) for e in entries]
+    dataset = HormDataset(path, exclude_elements=())
+    entries = [dataset.read(i) for i in range(len(dataset))]
+    dataset.close()
+    return [(e["z"], e["pos"]) for e in entries]
 
 
 def g2_composite(natoms: int) -> tuple[torch.Tensor, torch.Tensor]:
