@@ -1,11 +1,12 @@
-"""Evaluate a checkpoint: Table 1 (HIP and the autodiff Hessian of the same model) on a data split.
+"""Evaluate a checkpoint by the paper's protocol: Tables 1, 3, 9 (HIP and the autodiff Hessian of the same
+model) on a data split, one molecule per forward pass, optionally on a seeded random subset.
 
     python eval.py ckpt_path=ckpt/hip_frozen.ckpt data=horm_t1x eval.device=cuda
     python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt data=horm_sample eval.autodiff=false
-    python eval.py ckpt_path=... data=horm_rgd1 eval.split=test eval.max_molecules=1000
+    python eval.py ckpt_path=... data=horm_t1x eval.max_molecules=1000 eval.subset_seed=42 eval.device=cuda
 
 Writes metrics.json, per_molecule.csv, tables.txt and plots to the run directory
-(``paths.output_dir``) and prints the Table 1 block; see :mod:`hip.evaluation`.
+(``paths.output_dir``) and prints Tables 1, 3 and 9; see :mod:`hip.evaluation`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return evaluate_checkpoint(
         cfg.ckpt_path, datamodule, cfg.paths.output_dir, split=cfg.eval.split, autodiff=cfg.eval.autodiff,
         autodiff_chunk_size=cfg.eval.autodiff_chunk_size, max_molecules=cfg.eval.max_molecules,
-        plots=cfg.eval.plots, device=device, model=model)
+        plots=cfg.eval.plots, device=device, model=model, subset_seed=cfg.eval.subset_seed,
+        negative_eigenvalue_threshold=cfg.eval.negative_eigenvalue_threshold,
+        warmup_molecules=cfg.eval.warmup_molecules)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

@@ -1,26 +1,29 @@
-"""Evaluate a checkpoint on a data split: paper Table 1 for HIP and the autodiff Hessian of the same model.
+"""Evaluate a checkpoint on a data split by the paper's protocol: Tables 1, 3, 6 and 9 for HIP and for
+the autodiff Hessian of the same model.
 
-:func:`evaluate_checkpoint` runs the model over a datamodule's split. Per batch it times
+:func:`evaluate_checkpoint` draws the molecules (all of the split, or a seeded random subset of
+``max_molecules``, as the paper's 1000 T1x-validation molecules), then runs them **one molecule per
+forward pass** (batch size 1, as the HIP authors' ``scripts/eval_horm.py``) and times
 
 * **HIP**: one forward pass giving energy, forces and the Hessian (``model(batch)``, no autograd);
 * **AD** (optional): the Hessian as −∂F/∂x of the same model's direct forces
-  (:func:`hip.model.autodiff.autodiff_hessian`, its own forward pass plus 3·max(N_b) backward rows),
+  (:func:`hip.model.autodiff.autodiff_hessian`, its own forward pass plus 3N backward rows),
 
-and compares both with the DFT Hessians molecule by molecule (:func:`hip.metrics.batch_metrics`).
-Times are wall-clock milliseconds per molecule: the batch's time divided by its number of molecules
-(with ``batch_size=1`` this is the paper's time per forward pass). On CUDA the device is synchronised
-before each clock read, and one untimed warm-up pass of each method runs on the first batch.
+after ``warmup_molecules`` untimed passes of each method. Times cover the model call only (the
+molecule is already on the device; scoring is not timed): CUDA events on a GPU, ``perf_counter`` on a
+CPU. Each prediction is compared with the DFT Hessian (:func:`hip.metrics.molecule_metrics`).
 
 Energy and forces come from the one forward pass of the model and are scored in the HIP rows only
 (the AD Hessian differentiates those same forces, so AD has no energy/force prediction of its own).
 
 Files written to ``output_dir``:
 
-* ``metrics.json``: ``{"methods": {"HIP": {column: mean}, "AD": ...}, "metadata": {...}}``, columns as
-  in :func:`hip.metrics.aggregate_metrics` (units in brackets) plus ``Time [ms]``; NaN is written as null;
+* ``metrics.json``: ``{"methods": {"HIP": {column: value}, "AD": ...}, "metadata": {...}}``, columns as
+  in :func:`hip.metrics.aggregate_metrics` (units in brackets: Table 1 and 6 means, Table 3 and 9
+  rates in %) plus ``Time [ms]``; NaN is written as null;
 * ``per_molecule.csv``: one row per molecule and method: ``dataset_idx, natoms, method, time_ms`` and
   every per-molecule metric of :func:`hip.metrics.molecule_metrics` (empty where a method has none);
-* ``tables.txt``: the printed Table 1 block and the Table 6 columns (raw vs Eckart-projected);
+* ``tables.txt``: the printed Tables 1, 3 and 9, and the Table 6 columns (raw vs Eckart-projected);
 * ``hessian_parity.png`` (predicted vs DFT Hessian entries, at most ``max_parity_points`` of them,
   a uniform random subsample) and ``hessian_mae_vs_natoms.png`` when ``plots`` is true.
 """
@@ -28,10 +31,11 @@ Files written to ``output_dir``:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,13 +43,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from hip.data.graphs import collate
 from hip.metrics import (
+    DFT_TYPE_COLUMNS,
+    EXTREMUM_TYPES,
     METRIC_COLUMNS,
+    NEGATIVE_EIGENVALUE_THRESHOLD,
     TABLE1_COLUMNS,
+    TABLE3_COLUMNS,
     TABLE6_COLUMNS,
+    TABLE9_COLUMNS,
     TIME_COLUMN,
     aggregate_metrics,
     batch_metrics,
@@ -59,9 +68,13 @@ METHODS = ("HIP", "AD")
 #: Leading columns of ``per_molecule.csv``; the metric keys follow.
 ID_COLUMNS = ("dataset_idx", "natoms", "method", "time_ms")
 #: Per-molecule metric keys in CSV order (those of :data:`hip.metrics.METRIC_COLUMNS` first).
-CSV_METRICS = (*METRIC_COLUMNS, "n_neg_pred", "n_neg_true")
+CSV_METRICS = (*METRIC_COLUMNS, "n_neg_pred", "n_neg_true", "same_extremum_type")
 #: Stage passed to ``datamodule.setup`` for each split.
 SPLIT_STAGES = {"train": "fit", "val": "validate", "test": "test"}
+#: The HIP authors' seed for the evaluation subset (``scripts/eval_horm.py``).
+SUBSET_SEED = 42
+#: Untimed molecules per method before timing starts (the authors warm up on 10).
+WARMUP_MOLECULES = 10
 
 
 def evaluate_checkpoint(
@@ -78,22 +91,26 @@ def evaluate_checkpoint(
     model: torch.nn.Module | None = None,
     max_parity_points: int = 200_000,
     seed: int = 0,
-    warmup: bool = True,
+    subset_seed: int = SUBSET_SEED,
+    negative_eigenvalue_threshold: float = NEGATIVE_EIGENVALUE_THRESHOLD,
+    warmup_molecules: int = WARMUP_MOLECULES,
 ) -> dict[str, dict[str, float]]:
     """Evaluate a checkpoint's Hessians (HIP and, optionally, AD) on one split; write and print results.
 
     Args:
         ckpt_path: checkpoint in any format of :mod:`hip.model.checkpoints`; loaded unless ``model``
             is given (then it is only recorded in the metadata and may be None).
-        datamodule: object with ``setup(stage)`` and ``{split}_dataloader()`` yielding collated
-            batches of :class:`~hip.data.graphs.MoleculeGraph` with ``hessian`` [Σ 9N_b²] eV/Å², ``ae``
-            [B] eV and ``forces`` [N, 3] eV/Å labels (e.g. :class:`hip.data.HormDataModule`), built
-            with the model's graph settings.
+        datamodule: object with ``setup(stage)`` and ``{split}_dataloader()`` returning a torch
+            ``DataLoader`` over :class:`~hip.data.graphs.MoleculeGraph` with ``hessian`` [9N²] eV/Å², ``ae``
+            [] eV and ``forces`` [N, 3] eV/Å labels (e.g. :class:`hip.data.HormDataModule`), built with
+            the model's graph settings. Its dataset, collate function and workers are used; its batch
+            size is not (one molecule per forward pass).
         output_dir: directory for the files of the module docstring (created if needed).
         split: ``"val"``, ``"test"`` or ``"train"``.
         autodiff: also evaluate the autodiff Hessian of the same model (the "AD" row).
         autodiff_chunk_size: Hessian rows per batched backward pass (memory bound); None: all at once.
-        max_molecules: evaluate only the first K molecules of the split (None: all).
+        max_molecules: evaluate a random subset of this many molecules of the split, drawn with
+            ``subset_seed`` (:func:`select_molecules`); None, or at least the split's size: all.
         plots: write the two PNG plots.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
         model: an already loaded :class:`~hip.model.hip_equiformer.HIPEquiformerV2` to evaluate
@@ -101,37 +118,45 @@ def evaluate_checkpoint(
         max_parity_points: most Hessian entries drawn in the parity plot.
         seed: seed of the parity-plot subsample (the model's random edge-frame roll uses torch's global
             RNG; seed that for reproducible predictions).
-        warmup: run each method once, untimed, on the first batch before timing.
+        subset_seed: seed of the ``max_molecules`` subset (default 42, the authors').
+        negative_eigenvalue_threshold: Eckart-projected eigenvalues below this are negative, eV/(Å²·amu)
+            (Tables 3 and 9; default −1e-6, the authors').
+        warmup_molecules: run each method untimed on this many molecules before timing (authors: 10).
 
     Returns:
-        Method ("HIP", "AD") → aggregated metrics: column name with unit → mean over molecules
-        (:func:`hip.metrics.aggregate_metrics`), plus ``Time [ms]`` per molecule.
+        Method ("HIP", "AD") → aggregated metrics: column name with unit → value
+        (:func:`hip.metrics.aggregate_metrics`: Table 1/6 means, Table 3/9 rates in %), plus
+        ``Time [ms]`` (mean per molecule at batch size 1).
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist (and no ``model`` was given).
         CheckpointError: the checkpoint cannot be loaded (see :mod:`hip.model.checkpoints`).
-        ValueError: unknown ``split``, a split without data, or ``max_molecules`` < 1.
+        ValueError: unknown ``split``, a split without data, ``max_molecules`` < 1 or
+            ``warmup_molecules`` < 0.
     """
     if max_molecules is not None and max_molecules < 1:
         raise ValueError(f"max_molecules must be ≥ 1 or None, got {max_molecules}")
+    if warmup_molecules < 0:
+        raise ValueError(f"warmup_molecules must be ≥ 0, got {warmup_molecules}")
     device = resolve_device(device)
     if model is None:
         model = load_checkpoint(ckpt_path, map_location=device)
     model = model.to(device).eval()
     methods = METHODS if autodiff else METHODS[:1]
-    loader = split_dataloader(datamodule, split)
+    loader = molecule_loader(split_dataloader(datamodule, split), max_molecules, subset_seed)
+    if len(loader) == 0:
+        raise ValueError(f"the {split} split of the datamodule holds no molecules")
+    warm_up(model, itertools.islice(loader, warmup_molecules), device, autodiff, autodiff_chunk_size)
     parity = ParitySampler(max_parity_points, seed=seed)
     rows: list[dict[str, Any]] = []
-    with progress_bar(loader, split, max_molecules) as bar:
-        for batch in limit_molecules(loader, max_molecules):
-            if warmup and not rows:
-                warm_up(model, to_device(batch, device), autodiff, autodiff_chunk_size)
-            rows += evaluate_batch(model, batch, device, autodiff, autodiff_chunk_size, parity)
-            bar.update(batch.num_graphs)
-    if not rows:
-        raise ValueError(f"the {split} split of the datamodule holds no molecules")
+    for molecule in tqdm(loader, desc=f"evaluating {split}", unit="molecule"):
+        rows += evaluate_molecule(model, molecule, device, autodiff, autodiff_chunk_size, parity,
+                                  negative_eigenvalue_threshold)
     results = {m: aggregate_method(rows, m) for m in methods}
-    metadata = run_metadata(ckpt_path, datamodule, split, rows, device, model, autodiff_chunk_size)
+    metadata = run_metadata(ckpt_path, datamodule, split, rows, device, model, autodiff_chunk_size) | {
+        "max_molecules": max_molecules, "subset_seed": subset_seed,
+        "negative_eigenvalue_threshold [eV/Å²/amu]": negative_eigenvalue_threshold,
+        "warmup_molecules": warmup_molecules}
     write_outputs(Path(output_dir), results, rows, metadata, parity if plots else None)
     return results
 
@@ -146,7 +171,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def split_dataloader(datamodule: Any, split: str) -> Iterable:
+def split_dataloader(datamodule: Any, split: str) -> DataLoader:
     """``datamodule.setup(stage)`` then its ``{split}_dataloader()``.
 
     Raises:
@@ -161,46 +186,61 @@ def split_dataloader(datamodule: Any, split: str) -> Iterable:
     return loader
 
 
+def select_molecules(num_molecules: int, max_molecules: int | None, seed: int = SUBSET_SEED) -> list[int]:
+    """Positions of the molecules to evaluate: a uniform random subset without repetition, in order.
+
+    Args:
+        num_molecules: size of the split.
+        max_molecules: subset size K (None, or K ≥ ``num_molecules``: every molecule).
+        seed: seed of the draw (its own ``torch.Generator``: the global RNG is left alone); the same
+            (``num_molecules``, K, seed) always gives the same subset.
+
+    Returns:
+        min(K, ``num_molecules``) ascending positions in [0, ``num_molecules``).
+
+    Raises:
+        ValueError: ``max_molecules`` < 1.
+    """
+    if max_molecules is not None and max_molecules < 1:
+        raise ValueError(f"max_molecules must be ≥ 1 or None, got {max_molecules}")
+    if max_molecules is None or max_molecules >= num_molecules:
+        return list(range(num_molecules))
+    draw = torch.randperm(num_molecules, generator=torch.Generator().manual_seed(seed))[:max_molecules]
+    return sorted(draw.tolist())
+
+
+def molecule_loader(loader: DataLoader, max_molecules: int | None, seed: int = SUBSET_SEED) -> DataLoader:
+    """One molecule per batch, in dataset order, over :func:`select_molecules` of ``loader``'s dataset
+    (the paper's timing is per forward pass at batch size 1); collate function and workers as ``loader``."""
+    dataset = loader.dataset
+    positions = select_molecules(len(dataset), max_molecules, seed)
+    if len(positions) < len(dataset):
+        dataset = Subset(dataset, positions)
+    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers)
+
+
 def to_device(batch, device: torch.device):
     """The batch on ``device``: itself on CPU, else a copy (PyG's ``to`` moves in place)."""
     return batch if device.type == "cpu" else batch.clone().to(device)
 
 
-def progress_bar(loader: Iterable, split: str, max_molecules: int | None) -> tqdm:
-    """A tqdm bar counting molecules (total: the split's size, capped at ``max_molecules``)."""
-    dataset = getattr(loader, "dataset", None)
-    sizes = [n for n in (len(dataset) if dataset is not None else None, max_molecules) if n is not None]
-    return tqdm(total=min(sizes) if sizes else None, desc=f"evaluating {split}", unit="molecule")
-
-
-def limit_molecules(batches: Iterable, max_molecules: int | None) -> Iterator:
-    """Yield batches until ``max_molecules`` molecules were given; the last batch is cut to fit."""
-    seen = 0
-    for batch in batches:
-        if max_molecules is not None and seen + batch.num_graphs > max_molecules:
-            batch = collate(batch.to_data_list()[: max_molecules - seen])
-        seen += batch.num_graphs
-        yield batch
-        if max_molecules is not None and seen >= max_molecules:
-            return
-
-
 # ---------------------------------------------------------------------------------------- timing
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work, so that the clock measures it (no-op on CPU)."""
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``fn()`` and its time in ms: CUDA events around it on a GPU (as the authors' evaluation),
+    ``time.perf_counter`` on a CPU."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> tuple[Any, float]:
-    """``fn()`` and its wall-clock time in ms (CUDA synchronised before both clock reads)."""
-    synchronize(device)
-    start = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        return out, start.elapsed_time(end)
+    start_s = time.perf_counter()
     out = fn()
-    synchronize(device)
-    return out, 1000 * (time.perf_counter() - start)
+    return out, 1000 * (time.perf_counter() - start_s)
 
 
 @contextmanager
@@ -226,40 +266,47 @@ def ad_pass(model: torch.nn.Module, batch, chunk_size: int | None) -> torch.Tens
         return autodiff_hessian(model, batch, chunk_size=chunk_size)
 
 
-def warm_up(model: torch.nn.Module, batch, autodiff: bool, chunk_size: int | None) -> None:
-    """One untimed pass of each method (lazy initialisation, CUDA kernel selection)."""
-    hip_pass(model, batch)
-    if autodiff:
-        ad_pass(model, batch, chunk_size)
+def warm_up(model: torch.nn.Module, molecules: Iterable, device: torch.device, autodiff: bool,
+            chunk_size: int | None) -> None:
+    """Untimed passes of each method over ``molecules`` (lazy initialisation, CUDA kernel selection)."""
+    for molecule in molecules:
+        on_device = to_device(molecule, device)
+        hip_pass(model, on_device)
+        if autodiff:
+            ad_pass(model, on_device, chunk_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------- metrics
 
 
-def evaluate_batch(model: torch.nn.Module, batch, device: torch.device, autodiff: bool,
-                   chunk_size: int | None, parity: ParitySampler) -> list[dict[str, Any]]:
-    """Time both methods on one batch and score every molecule.
+def evaluate_molecule(model: torch.nn.Module, molecule, device: torch.device, autodiff: bool,
+                      chunk_size: int | None, parity: ParitySampler,
+                      negative_eigenvalue_threshold: float = NEGATIVE_EIGENVALUE_THRESHOLD) -> list[dict[str, Any]]:
+    """Time both methods on one molecule (a collated batch of one) and score it.
 
     Returns:
-        One row per molecule and method: ``dataset_idx``, ``natoms``, ``method``, ``time_ms`` (the
-        batch's time / its molecules) and the metrics of :func:`hip.metrics.molecule_metrics`.
+        One row per method: ``dataset_idx``, ``natoms``, ``method``, ``time_ms`` (one forward pass,
+        ms) and the metrics of :func:`hip.metrics.molecule_metrics`.
+
+    Raises:
+        ValueError: the batch holds more than one molecule.
     """
-    on_device = to_device(batch, device)
-    size = batch.num_graphs
+    if molecule.num_graphs != 1:
+        raise ValueError(f"evaluate_molecule takes a batch of one molecule, got {molecule.num_graphs}")
+    on_device = to_device(molecule, device)
     out, ms = timed(lambda: hip_pass(model, on_device), device)
-    preds = {"HIP": ({k: v.detach().cpu() for k, v in out.items()}, ms / size)}
+    preds = {"HIP": ({k: v.detach().cpu() for k, v in out.items()}, ms)}
     if autodiff:
         hessian, ms = timed(lambda: ad_pass(model, on_device, chunk_size), device)
-        preds["AD"] = ({"hessian": hessian.cpu()}, ms / size)
-    parity.add(batch.hessian, {m: pred["hessian"] for m, (pred, _) in preds.items()})
-    idx = batch.dataset_idx.tolist() if "dataset_idx" in batch else [-1] * size
-    natoms = batch.natoms.tolist()
-    rows = []
-    for method, (pred, ms) in preds.items():
-        for b, metrics in enumerate(batch_metrics(pred, batch)):
-            row = {"dataset_idx": idx[b], "natoms": natoms[b], "method": method, "time_ms": ms}
-            rows.append(row | metrics)
-    return rows
+        preds["AD"] = ({"hessian": hessian.detach().cpu()}, ms)
+    parity.add(molecule.hessian, {m: pred["hessian"] for m, (pred, _) in preds.items()})
+    ids = {"dataset_idx": int(molecule.dataset_idx) if "dataset_idx" in molecule else -1,
+           "natoms": int(molecule.natoms)}
+    return [ids | {"method": method, "time_ms": ms}
+            | batch_metrics(pred, molecule, negative_eigenvalue_threshold=negative_eigenvalue_threshold)[0]
+            for method, (pred, ms) in preds.items()]
 
 
 def aggregate_method(rows: Sequence[Mapping[str, Any]], method: str) -> dict[str, float]:
@@ -313,13 +360,14 @@ def run_metadata(ckpt_path, datamodule: Any, split: str, rows: Sequence[Mapping[
     sources = getattr(datamodule, "sources", {}).get(split)
     if sources is not None:
         sources = [str(s) for s in sources] if isinstance(sources, list | tuple) else str(sources)
-    hparams = getattr(datamodule, "hparams", {})
     return {
         "checkpoint": None if ckpt_path is None else str(Path(ckpt_path).resolve()),
         "split": split,
         "dataset": sources,
-        "batch_size": hparams.get("batch_size"),
         "num_molecules": sum(row["method"] == "HIP" for row in rows),
+        "batch_size": 1,
+        "timing": ("one forward pass per molecule after warm-up; the model call only, "
+                   + ("CUDA events" if device.type == "cuda" else "time.perf_counter")),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -330,14 +378,27 @@ def run_metadata(ckpt_path, datamodule: Any, split: str, rows: Sequence[Mapping[
     }
 
 
-def tables_text(results: Mapping[str, Mapping[str, float]], metadata: Mapping[str, Any]) -> str:
-    """The Table 1 block (printed) and the Table 6 columns, with a line saying what was evaluated."""
-    title = (f"Table 1: Hessian errors on the {metadata['split']} split ({metadata['num_molecules']} "
-             f"molecules, {metadata['device_name']}; eigen-quantities after mass weighting and Eckart "
-             "projection; time per molecule)")
-    table6 = "Table 6 columns: raw Cartesian vs Eckart-projected eigen-quantities"
-    return "\n".join([title, format_table(results, TABLE1_COLUMNS), "",
-                      table6, format_table(results, TABLE6_COLUMNS)])
+def table_blocks(results: Mapping[str, Mapping[str, float]], metadata: Mapping[str, Any]) -> list[str]:
+    """Tables 1, 3, 9 and the Table 6 columns as text blocks, each with a title saying what it holds."""
+    n, where = metadata["num_molecules"], metadata["device_name"]
+    threshold = metadata.get("negative_eigenvalue_threshold [eV/Å²/amu]", NEGATIVE_EIGENVALUE_THRESHOLD)
+    table1 = (f"Table 1: Hessian errors on the {metadata['split']} split ({n} molecules). Hessian MAE and "
+              "raw eigenvalue MAE (all 3N eigenvalues) on the Cartesian Hessians; CosSim v1 and λ1 after mass "
+              "weighting and Eckart projection; time per forward pass at batch size 1 after warm-up "
+              f"({where}); last column: MAE of the 3N−6 Eckart-projected eigenvalues (extra).")
+    blocks = [table1 + "\n" + format_table(results, TABLE1_COLUMNS)]
+    first = next(iter(results.values()))
+    if all(column in first for column in DFT_TYPE_COLUMNS):
+        shares = ", ".join(f"{first[c]:.1f}% {kind}" for kind, c in zip(EXTREMUM_TYPES, DFT_TYPE_COLUMNS, strict=True))
+        negative = f"negative: Eckart-projected eigenvalue < {threshold:g} eV/Å²/amu"
+        blocks.append(f"Table 3: extremum type from the number of negative eigenvalues ({negative}); {n} molecules, "
+                      f"DFT: {shares}.\n" + format_table(results, TABLE3_COLUMNS, digits=1))
+        blocks.append("Table 9: identifying transition states (exactly one negative eigenvalue) by frequency "
+                      "analysis, DFT as the label; last column: any extremum type.\n"
+                      + format_table(results, TABLE9_COLUMNS, digits=1))
+    blocks.append("Table 6 columns: raw Cartesian vs Eckart-projected eigen-quantities\n"
+                  + format_table(results, TABLE6_COLUMNS))
+    return blocks
 
 
 def _json_safe(value: Any) -> Any:
@@ -361,15 +422,15 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def write_outputs(output_dir: Path, results: Mapping[str, Mapping[str, float]],
                   rows: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any],
                   parity: ParitySampler | None) -> None:
-    """Write metrics.json, per_molecule.csv, tables.txt and (if ``parity``) the plots; print Table 1."""
+    """Write metrics.json, per_molecule.csv, tables.txt and (if ``parity``) the plots; print Tables 1, 3, 9."""
     output_dir.mkdir(parents=True, exist_ok=True)
     document = {"methods": results, "metadata": metadata}
     text = json.dumps(_json_safe(document), indent=2, ensure_ascii=False)
     (output_dir / "metrics.json").write_text(text + "\n")
     write_csv(output_dir / "per_molecule.csv", rows)
-    text = tables_text(results, metadata)
-    (output_dir / "tables.txt").write_text(text + "\n")
-    print("\n" + text.split("\n\n")[0] + "\n")
+    blocks = table_blocks(results, metadata)
+    (output_dir / "tables.txt").write_text("\n\n".join(blocks) + "\n")
+    print("\n" + "\n\n".join(blocks[:-1]) + "\n")
     if parity is not None:
         plot_parity(output_dir / "hessian_parity.png", parity.points(), results)
         plot_mae_vs_natoms(output_dir / "hessian_mae_vs_natoms.png", rows)

@@ -1,19 +1,24 @@
-"""Evaluation metrics: Table 1 (Hessian accuracy), Table 3 (extrema classification), Table 6 (raw vs Eckart).
+"""Evaluation metrics: paper Tables 1, 6 (Hessian accuracy), 3 (extremum types) and 9 (TS classification).
 
-Per molecule, :func:`molecule_metrics` compares a predicted with a true Hessian:
+Per molecule, :func:`molecule_metrics` compares a predicted with a true Hessian, in float64:
 
-* raw Cartesian (eV/Å², no mass weighting, no projection): the element-wise Hessian MAE, and the
-  ``*_raw`` eigen-quantities of Table 6 (λ1, λ2 and eigenvectors v1, v2 of the symmetrised Hessian);
+* raw Cartesian (eV/Å², no mass weighting, no projection): the element-wise Hessian MAE, the MAE over
+  all 3N eigenvalues (paper Table 1 and 10 "Eigenvalues", as in HORM's and the HIP authors'
+  evaluation) and the ``*_raw`` quantities of Table 6 (λ1, λ2, v1, v2). The eigendecomposition is
+  the authors': ``eigh`` of the matrix as given, which reads its lower triangle, so an asymmetric
+  (autodiff) Hessian is decomposed exactly as in their ``scripts/eval_horm.py``;
 * after mass weighting and Eckart projection (eV/(Å²·amu), the rigid-body modes removed, see
-  :func:`hip.vibrations.vibrational_analysis`; superscript E in Table 6): the MAE over all
-  vibrational eigenvalues, λ1, λ2, v1, v2, and the number of negative eigenvalues (extremum type).
+  :func:`hip.vibrations.vibrational_analysis`; superscript E in Table 6): the MAE over the 3N − 6
+  vibrational eigenvalues, λ1, λ2, v1, v2 (Table 1's CosSim v1 and λ1 columns), and the number of
+  negative eigenvalues, which classifies the stationary point (Tables 3 and 9).
 
 Eigenvalues are compared in ascending order, index by index; eigenvector similarity is |cos|, so it
 does not depend on the arbitrary sign of an eigenvector. :func:`aggregate_metrics` averages molecules
-into named columns whose names carry units, and :func:`format_table` renders methods as rows.
+into named columns whose names carry units, adds the Table 3 and Table 9 rates, and
+:func:`format_table` renders methods as rows.
 
-The paper labels its eigenvalue columns eV/Å², although they are computed from mass-weighted
-Hessians; here the unit says eV/Å²/amu (masses in amu).
+The paper labels its Eckart-projected columns eV/Å², although they are computed from mass-weighted
+Hessians; here their unit says eV/Å²/amu (masses in amu).
 """
 
 from __future__ import annotations
@@ -27,40 +32,63 @@ import torch
 from hip.data.graphs import split_hessian
 from hip.vibrations import atomic_masses, vibrational_analysis
 
+#: Eigenvalues of the Eckart-projected mass-weighted Hessian below this count as negative, eV/(Å²·amu)
+#: (the HIP authors' ``analyze_frequencies`` threshold).
+NEGATIVE_EIGENVALUE_THRESHOLD = -1e-6
+
 #: Per-molecule metric key → column name (units in brackets) used by :func:`aggregate_metrics`.
 METRIC_COLUMNS: dict[str, str] = {
     "hessian_mae": "Hessian MAE [eV/Å²]",
-    "eigenvalue_mae": "Eigenvalue MAE [eV/Å²/amu]",
-    "v1_cos": "CosSim v1 [unitless]",
-    "lambda1_mae": "λ1 MAE [eV/Å²/amu]",
-    "lambda2_mae": "λ2 MAE [eV/Å²/amu]",
-    "v2_cos": "CosSim v2 [unitless]",
+    "eigenvalue_mae_raw": "raw eigenvalue MAE [eV/Å²]",
+    "eigenvalue_mae": "Eckart eigenvalue MAE [eV/Å²/amu]",
+    "v1_cos": "Eckart CosSim v1 [unitless]",
+    "lambda1_mae": "Eckart λ1 MAE [eV/Å²/amu]",
+    "lambda2_mae": "Eckart λ2 MAE [eV/Å²/amu]",
+    "v2_cos": "Eckart CosSim v2 [unitless]",
     "lambda1_mae_raw": "raw λ1 MAE [eV/Å²]",
     "lambda2_mae_raw": "raw λ2 MAE [eV/Å²]",
     "v1_cos_raw": "raw CosSim v1 [unitless]",
     "v2_cos_raw": "raw CosSim v2 [unitless]",
-    "same_extremum_type": "Extremum type correct [fraction]",
     "energy_ae": "Energy MAE [eV]",
     "forces_mae": "Force MAE [eV/Å]",
 }
 
-#: Paper Table 1 columns (eigen-quantities after mass weighting and Eckart projection), plus a
-#: timing column that :func:`format_table` fills when a method's results carry it.
+#: Mean time of one forward pass at batch size 1, after warm-up (:mod:`hip.evaluation` fills it).
 TIME_COLUMN = "Time [ms]"
+#: Paper Table 1 columns in the paper's order and units (Eigenvalues: raw, all 3N; CosSim v1 and λ1:
+#: after Eckart projection), then the Eckart-projected eigenvalue MAE as an extra column.
 TABLE1_COLUMNS: tuple[str, ...] = (
     METRIC_COLUMNS["hessian_mae"],
-    METRIC_COLUMNS["eigenvalue_mae"],
+    METRIC_COLUMNS["eigenvalue_mae_raw"],
     METRIC_COLUMNS["v1_cos"],
     METRIC_COLUMNS["lambda1_mae"],
     TIME_COLUMN,
+    METRIC_COLUMNS["eigenvalue_mae"],
 )
 
 #: Paper Table 6 columns: raw Cartesian eigen-quantities next to the Eckart-projected ones.
 TABLE6_COLUMNS: tuple[str, ...] = tuple(
     METRIC_COLUMNS[key]
-    for key in ("hessian_mae", "eigenvalue_mae", "v1_cos_raw", "lambda1_mae_raw", "lambda2_mae_raw",
+    for key in ("hessian_mae", "eigenvalue_mae_raw", "v1_cos_raw", "lambda1_mae_raw", "lambda2_mae_raw",
                 "lambda1_mae", "lambda2_mae", "v1_cos", "v2_cos")
 )
+
+#: Stationary-point types by number of negative Eckart-projected eigenvalues (0, 1, ≥ 2).
+EXTREMUM_TYPES = ("minima", "first-order saddles", "higher-order saddles")
+#: Fraction of molecules whose predicted Hessian has exactly the DFT number of negative eigenvalues:
+#: the paper's Table 3 accuracy and Table 9's "Accuracy All".
+EXTREMUM_ACCURACY = "Extremum accuracy [%]"
+#: Share of each type among the DFT Hessians (shown in Table 3's title).
+DFT_TYPE_COLUMNS: tuple[str, ...] = tuple(f"DFT {kind} [%]" for kind in EXTREMUM_TYPES)
+#: Per DFT type, the share of its molecules whose predicted Hessian has the same type.
+TYPE_CORRECT_COLUMNS: tuple[str, ...] = tuple(f"{kind.capitalize()} correct [%]" for kind in EXTREMUM_TYPES)
+#: Paper Table 3: the per-type shares, then the overall accuracy.
+TABLE3_COLUMNS: tuple[str, ...] = (*TYPE_CORRECT_COLUMNS, EXTREMUM_ACCURACY)
+#: Rates of "is a first-order saddle (transition state)" as a binary classification.
+TS_RATE_COLUMNS: tuple[str, ...] = ("TS TPR [%]", "TS FPR [%]", "TS FNR [%]", "TS TNR [%]", "TS precision [%]",
+                                    "TS accuracy [%]")
+#: Paper Table 9: the TS rates, then "Accuracy All" (any extremum type).
+TABLE9_COLUMNS: tuple[str, ...] = (*TS_RATE_COLUMNS, EXTREMUM_ACCURACY)
 
 
 def abs_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,26 +127,27 @@ def molecule_metrics(
     true_energy: torch.Tensor | float | None = None,
     pred_forces: torch.Tensor | None = None,
     true_forces: torch.Tensor | None = None,
-    neg_threshold: float = 0.0,
+    negative_eigenvalue_threshold: float = NEGATIVE_EIGENVALUE_THRESHOLD,
 ) -> dict[str, float]:
-    """Hessian metrics of one molecule (paper Table 1, 3 and 6). Computed in float64.
+    """Hessian metrics of one molecule (paper Tables 1, 3, 6, 9). Computed in float64.
 
     Keys (see :data:`METRIC_COLUMNS`):
 
-    * ``hessian_mae``: mean |H_pred − H_true| over the 9N² Cartesian entries, eV/Å².
+    * ``hessian_mae``: mean |H_pred − H_true| over the 9N² Cartesian entries, eV/Å² (Table 1 "Hessian").
+    * ``eigenvalue_mae_raw``: mean |λ_pred − λ_true| over all 3N eigenvalues of the raw Cartesian
+      Hessians, eV/Å² (Table 1 "Eigenvalues"); ``eigh`` reads the lower triangle, as the authors' code.
+    * ``lambda1_mae_raw``, ``lambda2_mae_raw``, ``v1_cos_raw``, ``v2_cos_raw``: lowest and second-lowest
+      of those eigenvalues (abs. error, eV/Å²) and |cos| of their eigenvectors (Table 6).
     * ``eigenvalue_mae``: mean |λ_pred − λ_true| over the 3N − 6 (5 linear) vibrational eigenvalues of
       the mass-weighted, Eckart-projected Hessians, eV/(Å²·amu).
-    * ``lambda1_mae``, ``lambda2_mae``, ``v1_cos``, ``v2_cos``: lowest and second-lowest of those
-      eigenvalues (abs. error, eV/(Å²·amu)) and |cos| of their mass-weighted eigenvectors (NaN when the
-      molecule has fewer vibrational modes).
-    * ``lambda1_mae_raw``, ``lambda2_mae_raw``, ``v1_cos_raw``, ``v2_cos_raw``: the same from the raw
-      symmetrised Cartesian Hessians (no mass weighting, no projection; eV/Å²), Table 6.
-    * ``n_neg_pred``, ``n_neg_true``: number of projected eigenvalues below ``-neg_threshold``;
-      ``same_extremum_type``: 1.0 if they are equal (Table 3), else 0.0.
+    * ``lambda1_mae``, ``lambda2_mae``, ``v1_cos``, ``v2_cos``: the same for the lowest two of those
+      (Table 1 "λ1", "CosSim v1"; Table 6 superscript E); NaN when the molecule has fewer modes.
+    * ``n_neg_pred``, ``n_neg_true``: number of Eckart-projected eigenvalues below
+      ``negative_eigenvalue_threshold`` (Tables 3, 9); ``same_extremum_type``: 1.0 if they are equal.
     * ``energy_ae`` (eV) and ``forces_mae`` (eV/Å) when both predicted and true values are given.
 
     Args:
-        pred_hessian: (3N, 3N) or [9N²] predicted Cartesian Hessian, eV/Å².
+        pred_hessian: (3N, 3N) or [9N²] predicted Cartesian Hessian, eV/Å² (may be asymmetric).
         true_hessian: same shape, reference Hessian, eV/Å².
         pos: [N, 3] positions, Å.
         z: [N] atomic numbers.
@@ -127,7 +156,8 @@ def molecule_metrics(
         true_energy: reference energy, eV.
         pred_forces: [N, 3] predicted forces, eV/Å.
         true_forces: [N, 3] reference forces, eV/Å.
-        neg_threshold: eigenvalues below −this count as negative, eV/(Å²·amu).
+        negative_eigenvalue_threshold: Eckart-projected eigenvalues strictly below this count as
+            negative, eV/(Å²·amu) (default −1e-6, the authors').
 
     Returns:
         Metric name → float.
@@ -143,8 +173,9 @@ def molecule_metrics(
 
     out: dict[str, float] = {"hessian_mae": float((hp - ht).abs().mean())}
 
-    raw_p, vec_p = torch.linalg.eigh(0.5 * (hp + hp.T))
-    raw_t, vec_t = torch.linalg.eigh(0.5 * (ht + ht.T))
+    raw_p, vec_p = torch.linalg.eigh(hp)  # lower triangle, as torch.linalg.eigh in the authors' evaluation
+    raw_t, vec_t = torch.linalg.eigh(ht)
+    out["eigenvalue_mae_raw"] = float((raw_p - raw_t).abs().mean())
     out["lambda1_mae_raw"] = float((raw_p[0] - raw_t[0]).abs())
     out["lambda2_mae_raw"] = float((raw_p[1] - raw_t[1]).abs())
     out["v1_cos_raw"] = abs_cosine(vec_p[:, 0], vec_t[:, 0])
@@ -159,8 +190,8 @@ def molecule_metrics(
     modes = err.numel()
     out["v1_cos"] = abs_cosine(vib_p.eigenvectors[:, 0], vib_t.eigenvectors[:, 0]) if modes > 0 else math.nan
     out["v2_cos"] = abs_cosine(vib_p.eigenvectors[:, 1], vib_t.eigenvectors[:, 1]) if modes > 1 else math.nan
-    n_neg_pred = int((vib_p.eigenvalues < -neg_threshold).sum())
-    n_neg_true = int((vib_t.eigenvalues < -neg_threshold).sum())
+    n_neg_pred = int((vib_p.eigenvalues < negative_eigenvalue_threshold).sum())
+    n_neg_true = int((vib_t.eigenvalues < negative_eigenvalue_threshold).sum())
     out["n_neg_pred"] = float(n_neg_pred)
     out["n_neg_true"] = float(n_neg_true)
     out["same_extremum_type"] = float(n_neg_pred == n_neg_true)
@@ -180,7 +211,7 @@ def batch_metrics(pred: Mapping[str, torch.Tensor], batch: Any, **kwargs: Any) -
         pred: ``"hessian"`` [Σ 9N_b²] eV/Å²; optional ``"energy"`` [B] eV and ``"forces"`` [N, 3] eV/Å.
         batch: PyG batch (or mapping) with ``hessian``, ``natoms`` [B], ``pos`` [N, 3] Å, ``z`` [N], and
             ``ae`` [B] eV / ``forces`` [N, 3] eV/Å when the matching predictions are given.
-        **kwargs: passed on to :func:`molecule_metrics` (``neg_threshold``).
+        **kwargs: passed on to :func:`molecule_metrics` (``negative_eigenvalue_threshold``).
 
     Returns:
         One metrics dict per molecule, in batch order.
@@ -205,19 +236,93 @@ def batch_metrics(pred: Mapping[str, torch.Tensor], batch: Any, **kwargs: Any) -
     return rows
 
 
+def _percent(numerator: int, denominator: int) -> float:
+    return 100.0 * numerator / denominator if denominator else math.nan
+
+
+def _extremum_accuracy(rows: Sequence[Mapping[str, float]]) -> float:
+    return _percent(sum(row["n_neg_pred"] == row["n_neg_true"] for row in rows), len(rows))
+
+
+def extremum_type(n_negative: float) -> int:
+    """Index into :data:`EXTREMUM_TYPES` of a stationary point with ``n_negative`` negative eigenvalues:
+    0 minimum, 1 first-order saddle (transition state), 2 higher-order saddle."""
+    return min(int(n_negative), 2)
+
+
+def extremum_classification(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Paper Table 3 (and Table 9's last column) from per-molecule negative-eigenvalue counts.
+
+    Args:
+        rows: outputs of :func:`molecule_metrics` (``n_neg_pred``, ``n_neg_true``).
+
+    Returns:
+        :data:`DFT_TYPE_COLUMNS`: share of each type among the DFT Hessians, %;
+        :data:`TABLE3_COLUMNS`: per DFT type (0, 1, ≥ 2 negative eigenvalues), the share of those
+        molecules whose prediction has the same type, % (NaN when the type does not occur), and
+        :data:`EXTREMUM_ACCURACY`: the share with exactly the DFT number of negative eigenvalues, %.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("extremum_classification needs at least one molecule")
+    true = [extremum_type(row["n_neg_true"]) for row in rows]
+    pred = [extremum_type(row["n_neg_pred"]) for row in rows]
+    out: dict[str, float] = {}
+    for kind, (dft_column, correct_column) in enumerate(zip(DFT_TYPE_COLUMNS, TYPE_CORRECT_COLUMNS, strict=True)):
+        of_kind = [p for t, p in zip(true, pred, strict=True) if t == kind]
+        out[dft_column] = _percent(len(of_kind), len(rows))
+        out[correct_column] = _percent(sum(p == kind for p in of_kind), len(of_kind))
+    out[EXTREMUM_ACCURACY] = _extremum_accuracy(rows)
+    return out
+
+
+def ts_classification(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Paper Table 9: transition-state identification by frequency analysis, in %.
+
+    Positive: exactly one negative Eckart-projected eigenvalue (a first-order saddle); the DFT Hessian
+    gives the label, the predicted one the decision. TPR = TP/(TP+FN), FPR = FP/(FP+TN),
+    FNR = FN/(TP+FN), TNR = TN/(FP+TN), precision = TP/(TP+FP), TS accuracy = (TP+TN)/all; a rate
+    whose denominator is 0 is NaN. :data:`EXTREMUM_ACCURACY` ("Accuracy All") is added.
+
+    Args:
+        rows: outputs of :func:`molecule_metrics` (``n_neg_pred``, ``n_neg_true``).
+
+    Returns:
+        :data:`TABLE9_COLUMNS` → %, plus ``"TS TP [count]"``, ``"TS FP [count]"``, ``"TS FN [count]"``,
+        ``"TS TN [count]"``.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("ts_classification needs at least one molecule")
+    pairs = [(row["n_neg_true"] == 1, row["n_neg_pred"] == 1) for row in rows]
+    tp = sum(t and p for t, p in pairs)
+    fp = sum(p and not t for t, p in pairs)
+    fn = sum(t and not p for t, p in pairs)
+    tn = len(pairs) - tp - fp - fn
+    rates = (_percent(tp, tp + fn), _percent(fp, fp + tn), _percent(fn, tp + fn), _percent(tn, fp + tn),
+             _percent(tp, tp + fp), _percent(tp + tn, len(pairs)))
+    counts = {"TS TP [count]": float(tp), "TS FP [count]": float(fp), "TS FN [count]": float(fn),
+              "TS TN [count]": float(tn)}
+    return dict(zip(TS_RATE_COLUMNS, rates, strict=True)) | {EXTREMUM_ACCURACY: _extremum_accuracy(rows)} | counts
+
+
 def aggregate_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Average per-molecule metrics into named columns (:data:`METRIC_COLUMNS`).
+    """Average per-molecule metrics into named columns (:data:`METRIC_COLUMNS`), with Tables 3 and 9.
 
     Each column is the mean over the molecules that have a finite value (so a diatomic's missing λ2
-    does not poison the mean); ``same_extremum_type`` becomes the fraction of molecules whose predicted
-    Hessian has the same number of negative eigenvalues as the true one (Table 3). Keys absent from all
-    rows are left out.
+    does not poison the mean); keys absent from all rows are left out. When the rows carry
+    negative-eigenvalue counts, the rates of :func:`extremum_classification` (Table 3) and
+    :func:`ts_classification` (Table 9) are added.
 
     Args:
         rows: outputs of :func:`molecule_metrics`.
 
     Returns:
-        Column name (with unit) → mean, plus ``"Molecules [count]"``.
+        Column name (with unit) → value, plus ``"Molecules [count]"``.
 
     Raises:
         ValueError: if ``rows`` is empty.
@@ -229,6 +334,8 @@ def aggregate_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
         values = torch.tensor([row[key] for row in rows if key in row], dtype=torch.float64)
         if values.numel():
             out[column] = float(values.nanmean())
+    if all("n_neg_pred" in row and "n_neg_true" in row for row in rows):
+        out |= extremum_classification(rows) | ts_classification(rows)
     out["Molecules [count]"] = float(len(rows))
     return out
 
@@ -243,7 +350,7 @@ def format_table(
     Args:
         results: method name → :func:`aggregate_metrics` output (optionally with ``TIME_COLUMN``).
         columns: column names to show (default: paper Table 1); a column no method has is dropped, a
-            value a method lacks is shown as "–".
+            value a method lacks or that is NaN is shown as "–".
         digits: decimals.
 
     Returns:
@@ -251,7 +358,7 @@ def format_table(
     """
     columns = [c for c in columns if any(c in r for r in results.values())]
     header = ["Method", *columns]
-    body = [[method, *(f"{r[c]:.{digits}f}" if c in r else "–" for c in columns)]
+    body = [[method, *(f"{r[c]:.{digits}f}" if math.isfinite(r.get(c, math.nan)) else "–" for c in columns)]
             for method, r in results.items()]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 

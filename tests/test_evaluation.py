@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
 from hip.data import HormDataModule
 from hip.data.horm import close_shards
-from hip.evaluation import CSV_METRICS, ID_COLUMNS, ParitySampler, evaluate_checkpoint
-from hip.metrics import METRIC_COLUMNS, TABLE1_COLUMNS, TIME_COLUMN
+from hip.evaluation import CSV_METRICS, ID_COLUMNS, ParitySampler, evaluate_checkpoint, select_molecules
+from hip.metrics import METRIC_COLUMNS, TABLE1_COLUMNS, TABLE3_COLUMNS, TABLE9_COLUMNS, TIME_COLUMN
 from hip.model.autodiff import autodiff_hessian
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +50,15 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(checkpoint, horm_sample_path, tmp_path_factory):
-    """Evaluate 4 molecules (2 batches of 2), HIP and AD, no warm-up: (output dir, printed text, results)."""
+    """Evaluate 4 molecules (loader batches of 2, evaluated one by one), HIP and AD, no warm-up:
+    (output dir, printed text, results)."""
     out = tmp_path_factory.mktemp("eval")
     stdout = io.StringIO()
     torch.manual_seed(0)
     with contextlib.redirect_stdout(stdout):
         model = load_checkpoint(checkpoint)
         results = evaluate_checkpoint(checkpoint, datamodule(horm_sample_path, model), out,
-                                      autodiff_chunk_size=None, warmup=False)
+                                      autodiff_chunk_size=None, warmup_molecules=0)
     close_shards()  # the tests below read the shard directly
     return out, stdout.getvalue(), results
 
@@ -72,7 +73,7 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
     document = json.loads((out / "metrics.json").read_text())
     assert list(document["methods"]) == ["HIP", "AD"] == list(results)
     for method, aggregate in document["methods"].items():
-        assert set(TABLE1_COLUMNS) <= set(aggregate), method
+        assert set(TABLE1_COLUMNS) | set(TABLE3_COLUMNS) | set(TABLE9_COLUMNS) <= set(aggregate), method
         assert aggregate["Molecules [count]"] == 4 and aggregate[TIME_COLUMN] > 0
         assert aggregate[MAE] == pytest.approx(results[method][MAE])
     energy = "Energy MAE [eV]"
@@ -80,6 +81,7 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
     meta = document["metadata"]
     assert meta["checkpoint"] == str(checkpoint.resolve()) and meta["dataset"] == str(horm_sample_path)
     assert meta["num_molecules"] == 4 and meta["device"] == "cpu" and meta["split"] == "val"
+    assert meta["batch_size"] == 1 and meta["negative_eigenvalue_threshold [eV/Å²/amu]"] == -1e-6
 
     rows = read_rows(out)
     assert list(rows[0]) == [*ID_COLUMNS, *CSV_METRICS]
@@ -87,8 +89,10 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
     for method in ("HIP", "AD"):
         mine = [r for r in rows if r["method"] == method]
         assert [int(r["dataset_idx"]) for r in mine] == INDICES
-        # the aggregate is the mean of the per-molecule values
+        # the aggregate is the mean of the per-molecule values; Table 3's accuracy the share of equal counts
         assert np.mean([float(r["hessian_mae"]) for r in mine]) == pytest.approx(results[method][MAE])
+        agree = np.mean([float(r["n_neg_pred"]) == float(r["n_neg_true"]) for r in mine])
+        assert results[method]["Extremum accuracy [%]"] == pytest.approx(100 * agree)
     assert all(r["energy_ae"] == "" for r in rows if r["method"] == "AD")
 
     for plot in ("hessian_parity.png", "hessian_mae_vs_natoms.png"):
@@ -97,7 +101,12 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
     header = next(line for line in lines if line.startswith("Method"))
     assert "Hessian MAE [eV/Å²]" in header and "Time [ms]" in header
     assert any(line.startswith("HIP ") for line in lines) and any(line.startswith("AD ") for line in lines)
-    assert (out / "tables.txt").read_text().startswith("Table 1")
+    assert "raw eigenvalue MAE [eV/Å²]" in header and "Eckart λ1 MAE [eV/Å²/amu]" in header
+    titles = [line.split(":")[0] for line in lines if line.startswith("Table")]
+    assert titles == ["Table 1", "Table 3", "Table 9"]  # printed; Table 6 only in tables.txt
+    assert any("TS TPR [%]" in line for line in lines) and any("Minima correct [%]" in line for line in lines)
+    tables = (out / "tables.txt").read_text()
+    assert tables.startswith("Table 1") and "Table 6" in tables
 
 
 def test_per_molecule_mae_matches_numpy(evaluated, checkpoint):
@@ -125,17 +134,36 @@ def test_per_molecule_mae_matches_numpy(evaluated, checkpoint):
 
 
 def test_max_molecules_hip_only_no_plots(checkpoint, horm_sample_path, tmp_path):
-    """The second batch is cut to fit max_molecules; a model passed in is used (with warm-up)."""
+    """max_molecules draws the seeded subset; a model passed in is used; after 2 warm-up passes every
+    molecule gets exactly one forward pass of batch size 1."""
     model = load_checkpoint(checkpoint)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(int(args[0].num_graphs)))
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = evaluate_checkpoint(None, datamodule(horm_sample_path, model), tmp_path, autodiff=False,
-                                      max_molecules=3, plots=False, model=model)
+                                      max_molecules=3, plots=False, model=model, subset_seed=3,
+                                      warmup_molecules=2)
     close_shards()
+    assert calls == [1] * (2 + 3)
     assert list(results) == ["HIP"] and results["HIP"]["Molecules [count]"] == 3
     rows = read_rows(tmp_path)
-    assert [int(r["dataset_idx"]) for r in rows] == INDICES[:3] and {r["method"] for r in rows} == {"HIP"}
+    expected = [INDICES[i] for i in select_molecules(len(INDICES), 3, seed=3)]
+    assert [int(r["dataset_idx"]) for r in rows] == expected and {r["method"] for r in rows} == {"HIP"}
     assert not list(tmp_path.glob("*.png"))
     assert not any(line.startswith("AD ") for line in printed.getvalue().splitlines())
+
+
+def test_subset_is_seeded_uniform_and_without_repetition():
+    first = select_molecules(1000, 100, seed=42)
+    assert first == select_molecules(1000, 100, seed=42)  # the same seed, the same molecules
+    assert first != select_molecules(1000, 100, seed=43)
+    assert first == sorted(set(first)) and len(first) == 100 and 0 <= first[0] and first[-1] < 1000
+    assert select_molecules(5, None) == select_molecules(5, 9) == [0, 1, 2, 3, 4]
+    # each of 10 molecules is drawn with probability K/n = 0.3 (binomial s.d. over 2000 draws: 0.010)
+    counts = np.bincount(np.concatenate([select_molecules(10, 3, seed=s) for s in range(2000)]), minlength=10)
+    np.testing.assert_allclose(counts / 2000, 0.3, atol=0.04)
+    with pytest.raises(ValueError, match="max_molecules"):
+        select_molecules(10, 0)
 
 
 def test_split_without_data_is_an_error(checkpoint, horm_sample_path, tmp_path):
@@ -180,6 +208,8 @@ def test_eval_py_hydra_config(checkpoint, tmp_path):
         results = script.run(cfg)
     close_shards()
     assert results["HIP"]["Molecules [count]"] == 2
-    assert [int(r["dataset_idx"]) for r in read_rows(tmp_path)] == [80, 81]  # horm_sample's val split
+    # horm_sample's val split is raw indices 80…99; two of them drawn with the default seed 42
+    assert cfg.eval.subset_seed == 42 and cfg.eval.negative_eigenvalue_threshold == -1e-6
+    assert [int(r["dataset_idx"]) for r in read_rows(tmp_path)] == [80 + i for i in select_molecules(20, 2, 42)]
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt"):
         script.run(missing)

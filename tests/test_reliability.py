@@ -105,7 +105,7 @@ def resume_overrides(out: Path) -> list[str]:
             "data.batch_size=2", "trainer.max_epochs=2", "trainer.max_steps=-1", "trainer.deterministic=true",
             "+trainer.num_sanity_val_steps=0", "+trainer.enable_progress_bar=false",
             "+trainer.enable_model_summary=false",
-            "model.scheduler.step_size=1", "model.scheduler.gamma=0.5",
+            "model.scheduler.interval=epoch", "model.scheduler.step_size=1", "model.scheduler.gamma=0.5",
             "callbacks.model_checkpoint.every_n_train_steps=1",
             "+callbacks.losses._target_=test_reliability.LossRecorder",
             f"+callbacks.losses.path={out / 'losses.jsonl'}"]
