@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint main
+.PHONY: install test lint main checkpoints
 
 # Create the virtual environment and install hip with its pinned stack (about 8 min on 2 cores,
 # most of it building torch-scatter from source).
@@ -31,3 +31,14 @@ lint: install
 # The main job on the embedded DFT data: train end to end briefly, then evaluate (Table 1 block).
 main: install
 	$(BIN)/python train.py experiment=embedded_demo
+
+# Retrain the checkpoints shipped in ckpt/ (ckpt/README.md): the E-F backbone, then the HIP readout on
+# it, then their held-out evaluations. Resumable: rerun after an interruption to continue each run.
+SHIPPED := logs/shipped
+checkpoints: install
+	$(BIN)/python train.py experiment=backbone_ef_small ckpt_path=last hydra.run.dir=$(SHIPPED)/backbone_ef_small
+	$(BIN)/python scripts/export_checkpoint.py $(SHIPPED)/backbone_ef_small/checkpoints ckpt/backbone_ef_small.ckpt --backbone-only
+	$(BIN)/python train.py experiment=hip_small ckpt_path=last hydra.run.dir=$(SHIPPED)/hip_small
+	$(BIN)/python scripts/export_checkpoint.py $(SHIPPED)/hip_small/checkpoints ckpt/hip_small.ckpt
+	$(BIN)/python eval.py data=embedded hydra.run.dir=$(SHIPPED)/eval_embedded
+	$(BIN)/python eval.py data=horm_sample hydra.run.dir=$(SHIPPED)/eval_horm_sample

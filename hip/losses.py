@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 #: Weight keys understood by :func:`hip_loss`, in the order the terms are computed.
 LOSS_TERMS: tuple[str, ...] = ("energy", "forces", "hessian_mae", "hessian_mse", "eigen_subspace")
+#: The terms that need a predicted Hessian.
+HESSIAN_TERMS: tuple[str, ...] = ("hessian_mae", "hessian_mse", "eigen_subspace")
 
 
 def _check_same_shape(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:

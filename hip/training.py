@@ -1,8 +1,9 @@
 """The LightningModule: HIP training with a frozen backbone (``hip_frozen``) or end to end (``hip_e2e``).
 
 Losses are paper §3.3 (eq. 8, 9) with weights from config; the optimiser and schedule are paper
-Table 4 (AdamW lr 5e-4, betas (0.9, 0.999), AMSGrad, no weight decay; StepLR every 10 epochs,
-γ = 0.85). Gradient clipping (0.1, norm) is the trainer's job (``configs/trainer``).
+Table 4 (AdamW lr 5e-4, betas (0.9, 0.999), AMSGrad, no weight decay; StepLR every 10 HORM
+"epochs" of 1600 batches, γ = 0.85: see :meth:`HIPModule.configure_optimizers`). Gradient clipping
+(0.1, norm) is the trainer's job (``configs/trainer``).
 
 Resuming. A checkpoint holds what Lightning saves (weights, optimiser, LR schedule, loop
 counters, callback states, the training loader's position: see :mod:`hip.data.datamodule`) plus
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from hip.losses import hessian_mae, hip_loss
-from hip.model.checkpoints import load_backbone_weights
+from hip.losses import HESSIAN_TERMS, hessian_mae, hip_loss
+from hip.model.checkpoints import HESSIAN_CONFIG_KEYS, load_backbone, load_backbone_weights
 from hip.model.hip_equiformer import HIPEquiformerV2
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,17 @@ class HIPModule(L.LightningModule):
             mode, where they cannot train.
         eigen_k: k of the eigen-subspace loss (paper: 8).
         optimizer: AdamW kwargs (``lr``, ``betas``, ``amsgrad``, ``weight_decay``).
-        scheduler: StepLR kwargs (``step_size`` in epochs, ``gamma``).
+        scheduler: StepLR kwargs (``interval``: "step" or "epoch", what ``step_size`` counts; ``gamma``).
         backbone_ckpt: checkpoint whose backbone and energy/force heads initialise the model (any
-            format of :mod:`hip.model.checkpoints`); required in frozen mode.
+            format of :mod:`hip.model.checkpoints`), or a list of candidates of which the first
+            existing file is used; required in frozen mode, where the backbone's architecture (sizes,
+            cutoff, neighbour cap) is read from it and ``model`` only sets the Hessian readout
+            (:data:`~hip.model.checkpoints.HESSIAN_CONFIG_KEYS`).
         hessian_memory_budget_gb: refuse batches whose Hessian tensors (prediction, label,
             gradient, eigen-loss padding) would exceed this many GiB.
+
+    Without a Hessian loss term (energy and forces only: the paper's "EquiformerV2 (E-F)" backbone)
+    the Hessian readout is not run, in training or validation.
 
     Raises:
         ValueError: bad mode or loss weights.
@@ -66,7 +73,7 @@ class HIPModule(L.LightningModule):
         eigen_k: int = 8,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
-        backbone_ckpt: str | None = None,
+        backbone_ckpt: str | Sequence[str] | None = None,
         hessian_memory_budget_gb: float = 8.0,
     ):
         super().__init__()
@@ -76,17 +83,23 @@ class HIPModule(L.LightningModule):
         self.loss_weights = dict(loss_weights or {"hessian_mae": 1.0, "eigen_subspace": 1.0})
         if mode == "frozen" and any(self.loss_weights.get(k, 0) for k in ("energy", "forces")):
             raise ValueError("frozen mode cannot train energy or forces: set their loss weights to 0")
-        self.model = HIPEquiformerV2(**model)
-        where_to_get = ("HORM's eqv2.ckpt: see ckpt/README.md for the download; or a checkpoint of ours, "
-                        "e.g. model.backbone_ckpt=logs/hip_e2e/runs/<date>/checkpoints/last.ckpt")
-        if backbone_ckpt and not Path(backbone_ckpt).is_file():
-            raise FileNotFoundError(f"backbone checkpoint {backbone_ckpt} does not exist; {where_to_get}")
-        if backbone_ckpt:
-            load_backbone_weights(self.model, backbone_ckpt)
-        elif mode == "frozen":
-            raise FileNotFoundError(f"frozen mode needs model.backbone_ckpt=<checkpoint>: {where_to_get}")
+        self.predicts_hessian = any(self.loss_weights.get(k, 0) for k in HESSIAN_TERMS)
+        backbone_ckpt = _first_existing(backbone_ckpt)
         if mode == "frozen":
+            if backbone_ckpt is None:
+                raise FileNotFoundError("frozen mode needs model.backbone_ckpt=<checkpoint>, e.g. the shipped "
+                                        "ckpt/backbone_ef_small.ckpt or HORM's eqv2.ckpt (ckpt/README.md)")
+            readout = {k: model[k] for k in HESSIAN_CONFIG_KEYS if k in model}
+            self.model = load_backbone(backbone_ckpt, **readout)
             self.model.freeze_backbone()
+            logger.info("frozen backbone %s: %s", backbone_ckpt, self.model.config)
+        else:
+            self.model = HIPEquiformerV2(**model)
+            if backbone_ckpt:
+                load_backbone_weights(self.model, backbone_ckpt)
+                logger.info("backbone initialised from %s", backbone_ckpt)
+        self.hparams["model"] = self.model.config  # what our checkpoints rebuild
+        self.hparams["backbone_ckpt"] = backbone_ckpt and str(backbone_ckpt)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         return self.model(batch)
@@ -115,9 +128,10 @@ class HIPModule(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         self._check_memory(batch)
-        pred = self.model(batch)
+        pred = self.model(batch, hessian=self.predicts_hessian)
         terms = hip_loss(pred, batch, self.loss_weights, eigen_k=self.hparams.eigen_k)
-        if stage != "train" and "hessian_mae" not in terms:  # the model-selection metric, whatever the loss
+        # the model-selection metric, whatever the loss
+        if stage != "train" and self.predicts_hessian and "hessian_mae" not in terms:
             terms["hessian_mae"] = hessian_mae(pred["hessian"], batch.hessian)
         finite = bool(torch.isfinite(terms["loss"]))
         if self._on_any_process(not finite):
@@ -167,14 +181,47 @@ class HIPModule(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False, sync_dist=True)
 
     def configure_optimizers(self):
+        """AdamW and StepLR of paper Table 4 (values from ``configs/model``; these defaults match them).
+
+        After k scheduler steps the learning rate is lr · γ^⌊k / step_size⌋. ``scheduler.interval``
+        says what k counts: ``"step"``, optimiser steps (default; step_size 16,000 = HORM's and the
+        HIP authors' "10 epochs" of 1600 batches each, ``limit_train_batches``: 31 decays in 500k
+        steps), or ``"epoch"``, full passes over the training set (the embedded demo).
+
+        Raises:
+            ValueError: ``scheduler.interval`` is neither "step" nor "epoch".
+        """
         options = {"lr": 5e-4, "betas": (0.9, 0.999), "amsgrad": True, "weight_decay": 0.0,
                    **(self.hparams.optimizer or {})}
         options["betas"] = tuple(options["betas"])
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, **options)
-        schedule = {"step_size": 10, "gamma": 0.85, **(self.hparams.scheduler or {})}
+        schedule = {"interval": "step", "step_size": 16_000, "gamma": 0.85, **(self.hparams.scheduler or {})}
+        interval = schedule.pop("interval")
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"model.scheduler.interval must be 'step' (optimiser steps) or 'epoch', got {interval!r}")
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def _first_existing(candidates: str | Sequence[str] | None) -> Path | None:
+    """The first existing file of ``candidates`` (one path or a list); None for None.
+
+    Raises:
+        FileNotFoundError: none of them exists, listing them and where to get a backbone.
+    """
+    if not candidates:
+        return None
+    paths = [Path(candidates)] if isinstance(candidates, str | os.PathLike) else [Path(c) for c in candidates]
+    for i, path in enumerate(paths):
+        if path.is_file():
+            if i:
+                logger.warning("%s not found; using %s", ", ".join(map(str, paths[:i])), path)
+            return path
+    raise FileNotFoundError(
+        f"backbone checkpoint {' or '.join(map(str, paths))} does not exist: set model.backbone_ckpt=<checkpoint>, "
+        "e.g. HORM's eqv2.ckpt (see ckpt/README.md for the download), the shipped ckpt/backbone_ef_small.ckpt, "
+        "or a run of ours, logs/<task>/runs/<date>/checkpoints/last.ckpt")
 
 
 def rng_states() -> dict[str, Any]:
@@ -242,12 +289,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def register_resolvers() -> None:
     """Set up what the configs use: ``PROJECT_ROOT`` (the repository, unless set), and the resolvers
-    ``${wandb_offline:}`` (true without an API key) and ``${range:a,b}`` (indices a … b−1)."""
+    ``${wandb_offline:}`` (true without an API key) and ``${range:a,b}`` (indices a … b−1; more pairs
+    ``${range:a,b,c,d}`` concatenate a … b−1 and c … d−1)."""
     os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
     if not OmegaConf.has_resolver("range"):
-        OmegaConf.register_new_resolver("range", lambda start, stop: list(range(int(start), int(stop))))
+        OmegaConf.register_new_resolver("range", _ranges)
+
+
+def _ranges(*bounds: int) -> list[int]:
+    if not bounds or len(bounds) % 2:
+        raise ValueError(f"${{range:...}} takes pairs start,stop; got {bounds}")
+    return [i for start, stop in zip(bounds[::2], bounds[1::2], strict=True) for i in range(int(start), int(stop))]
 
 
 def instantiate_list(configs: DictConfig | None) -> list:

@@ -26,6 +26,10 @@ import torch
 
 from hip.model.hip_equiformer import HESSIAN_MODULES, HIPEquiformerV2
 
+#: Model kwargs of the Hessian readout. A frozen-backbone run takes them from its own config and every
+#: other kwarg (the backbone's architecture) from the backbone checkpoint (:func:`load_backbone`).
+HESSIAN_CONFIG_KEYS = ("num_layers_hessian", "cutoff_hessian")
+
 #: State-dict prefixes that the authors' model registers but never uses in ``forward``.
 UNUSED_AUTHOR_PREFIXES = ("edge_degree_embedding_hessian.",)
 
@@ -105,7 +109,7 @@ def load_state_dict_checked(model: HIPEquiformerV2, state_dict: Mapping[str, tor
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     if allow_missing_hessian:
-        missing = [k for k in missing if not _is_hessian_key(k)]
+        missing = [k for k in missing if not is_hessian_key(k)]
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                     for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape)
@@ -144,7 +148,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                           "'config', and a hyper_parameters dict with 'sphere_channels')")
 
 
-def _is_hessian_key(key: str) -> bool:
+def is_hessian_key(key: str) -> bool:
+    """Whether a state-dict key (no prefix) belongs to the Hessian readout or its graph helpers."""
     return key.startswith((*HESSIAN_MODULES, *UNUSED_AUTHOR_PREFIXES, "SO3_rotation_hessian",
                            "distance_expansion_hessian"))
 
@@ -182,5 +187,36 @@ def load_backbone_weights(model: HIPEquiformerV2, path: str | Path) -> None:
         FileNotFoundError, CheckpointError: as :func:`read_checkpoint`; mismatched backbone keys.
     """
     _, state_dict = read_checkpoint(path, next(model.parameters()).device)
-    backbone = {k: v for k, v in state_dict.items() if not _is_hessian_key(k)}
-    load_state_dict_checked(model, backbone, str(path), allow_missing_hessian=True)
+    _copy_backbone(model, state_dict, str(path))
+
+
+def _copy_backbone(model: HIPEquiformerV2, state_dict: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load the non-readout weights of ``state_dict`` into ``model`` (checked by name and shape)."""
+    backbone = {k: v for k, v in state_dict.items() if not is_hessian_key(k)}
+    load_state_dict_checked(model, backbone, where, allow_missing_hessian=True)
+
+
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", **readout) -> HIPEquiformerV2:
+    """A model with the backbone architecture and weights of a checkpoint and a fresh Hessian readout.
+
+    The backbone sizes, cutoff and energy/force heads come from the checkpoint (any format of this
+    module: HORM's ``eqv2.ckpt``, the project's shipped backbone, a HIP checkpoint whose readout is
+    dropped); the readout is built from ``readout`` (paper §4: HIP trained on a frozen backbone).
+
+    Args:
+        path: checkpoint file.
+        map_location: device for the weights.
+        **readout: kwargs from :data:`HESSIAN_CONFIG_KEYS` (e.g. ``num_layers_hessian=3``); others are
+            the checkpoint's.
+
+    Raises:
+        ValueError: a kwarg that is not a readout setting.
+        FileNotFoundError, CheckpointError: as :func:`read_checkpoint`.
+    """
+    unknown = sorted(set(readout) - set(HESSIAN_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{unknown} are backbone settings, read from {path}; only {HESSIAN_CONFIG_KEYS} can be set")
+    config, state_dict = read_checkpoint(path, map_location)
+    model = HIPEquiformerV2(**(config | readout)).to(map_location)
+    _copy_backbone(model, state_dict, str(path))
+    return model
