@@ -25,13 +25,15 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
     Raises:
         FileNotFoundError: ``cfg.ckpt_path`` does not exist.
+        CheckpointError: it cannot be read, is refused (``trusted_checkpoint=true`` loads a trusted
+            file anyway, unsafely), or does not fit the model.
     """
     from hip.evaluation import evaluate_checkpoint, resolve_device
     from hip.model.checkpoints import load_checkpoint
 
     torch.manual_seed(cfg.seed)  # the model's random edge-frame roll
     device = resolve_device(cfg.eval.device)
-    model = load_checkpoint(cfg.ckpt_path, map_location=device)
+    model = load_checkpoint(cfg.ckpt_path, map_location=device, trusted=cfg.trusted_checkpoint)
     datamodule = instantiate_datamodule(cfg.data, model)
     return evaluate_checkpoint(
         cfg.ckpt_path, datamodule, cfg.paths.output_dir, split=cfg.eval.split, autodiff=cfg.eval.autodiff,
@@ -43,8 +45,16 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: ``python eval.py ckpt_path=<checkpoint> [data=...] [eval.key=value ...]``."""
-    run(cfg)
+    """Hydra entry point: ``python eval.py ckpt_path=<checkpoint> [data=...] [eval.key=value ...]``.
+
+    A checkpoint that is missing, unreadable or refused ends the run with its message (exit status 1),
+    not a traceback."""
+    from hip.model.checkpoints import CheckpointError
+
+    try:
+        run(cfg)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"eval.py: {e}") from None
 
 
 if __name__ == "__main__":

@@ -75,7 +75,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg).get(cfg.optimized_metric)
+    """Hydra entry point. A missing, unreadable or refused checkpoint (backbone or ``ckpt_path``) ends
+    the run with its message (exit status 1), not a traceback."""
+    from hip.model.checkpoints import CheckpointError
+
+    try:
+        return train(cfg).get(cfg.optimized_metric)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"train.py: {e}") from None
 
 
 if __name__ == "__main__":

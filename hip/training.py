@@ -54,6 +54,8 @@ class HIPModule(L.LightningModule):
             existing file is used; required in frozen mode, where the backbone's architecture (sizes,
             cutoff, neighbour cap) is read from it and ``model`` only sets the Hessian readout
             (:data:`~hip.model.checkpoints.HESSIAN_CONFIG_KEYS`).
+        backbone_trusted: UNSAFE: read ``backbone_ckpt`` with unrestricted unpickling, which runs any
+            code it holds; only for a trusted file that the safe loader refuses (README "Guarantees").
         hessian_memory_budget_gb: refuse batches whose Hessian tensors (prediction, label,
             gradient, eigen-loss padding) would exceed this many GiB.
 
@@ -63,6 +65,8 @@ class HIPModule(L.LightningModule):
     Raises:
         ValueError: bad mode or loss weights.
         FileNotFoundError: frozen mode without a backbone checkpoint file.
+        CheckpointError: a backbone checkpoint that is unreadable, refused by the safe loader, or does
+            not fit (:mod:`hip.model.checkpoints`).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class HIPModule(L.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         backbone_ckpt: str | Sequence[str] | None = None,
+        backbone_trusted: bool = False,
         hessian_memory_budget_gb: float = 8.0,
     ):
         super().__init__()
@@ -90,13 +95,13 @@ class HIPModule(L.LightningModule):
                 raise FileNotFoundError("frozen mode needs model.backbone_ckpt=<checkpoint>, e.g. the shipped "
                                         "ckpt/backbone_ef_small.ckpt or HORM's eqv2.ckpt (ckpt/README.md)")
             readout = {k: model[k] for k in HESSIAN_CONFIG_KEYS if k in model}
-            self.model = load_backbone(backbone_ckpt, **readout)
+            self.model = load_backbone(backbone_ckpt, trusted=backbone_trusted, **readout)
             self.model.freeze_backbone()
             logger.info("frozen backbone %s: %s", backbone_ckpt, self.model.config)
         else:
             self.model = HIPEquiformerV2(**model)
             if backbone_ckpt:
-                load_backbone_weights(self.model, backbone_ckpt)
+                load_backbone_weights(self.model, backbone_ckpt, trusted=backbone_trusted)
                 logger.info("backbone initialised from %s", backbone_ckpt)
         self.hparams["model"] = self.model.config  # what our checkpoints rebuild
         self.hparams["backbone_ckpt"] = backbone_ckpt and str(backbone_ckpt)

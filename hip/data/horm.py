@@ -4,7 +4,8 @@ Format (see ``../shared/horm/README.md``): one LMDB file per shard, opened with 
 keys ``b"0"``, ``b"1"``, … and ``b"length"`` (pickled int); each value a pickled
 ``torch_geometric.data.Data`` with ``pos`` [N, 3] Å, ``one_hot`` [N, 5] over (H, C, N, O, F),
 ``charges`` [N] (atomic numbers), ``natoms``, ``energy`` eV, ``ae`` eV, ``forces`` [N, 3] eV/Å,
-``hessian`` [(3N)²] eV/Å² and ``rxn``.
+``hessian`` [(3N)²] eV/Å² and ``rxn``. Values are unpickled by :func:`load_value`, which allows only
+the globals such entries name (:data:`hip.safe_loading.ENTRY_GLOBALS`): a shard cannot run code.
 
 Indexing. Shards are concatenated in order (a directory's ``*.lmdb`` files sorted by name). A
 *raw index* ``g`` names entry ``b"{g - offset}"`` of the shard whose range holds ``g``. The
@@ -42,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from hip.constants import HORM_ELEMENTS
 from hip.data.graphs import GraphBuilder, MoleculeGraph, check_molecule
+from hip.safe_loading import RefusedGlobalError, safe_loads
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ REQUIRED_FIELDS = ("pos", "one_hot", "energy", "ae", "forces", "hessian")
 #: Shards with at least this many entries to examine are scanned whole and the result cached.
 CACHE_MIN_ENTRIES = 10_000
 #: Bump when validation rules change, so that old scan caches are ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries naming globals outside hip.safe_loading.ENTRY_GLOBALS are invalid
 
 
 class HormDataError(ValueError):
@@ -150,16 +151,38 @@ def read_length(env: lmdb.Environment, path: str | os.PathLike) -> int:
         raw = txn.get(b"length")
     if raw is None:
         raise HormDataError(f"HORM shard {path}: key b'length' missing")
-    try:
-        length = pickle.loads(raw)
-    except Exception as e:
-        raise HormDataError(f"HORM shard {path} key b'length': cannot be unpickled "
-                            f"({type(e).__name__}: {e})") from e
+    length = load_value(raw, f"HORM shard {path} key b'length'")
     if isinstance(length, torch.Tensor) and length.numel() == 1:
         length = length.item()
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
         raise HormDataError(f"HORM shard {path} key b'length': holds {length!r}, expected a non-negative int")
     return int(length)
+
+
+def load_value(raw: bytes, where: str) -> Any:
+    """Unpickle one LMDB value (an entry, ``b"length"``) with :func:`hip.safe_loading.safe_loads`, which
+    refuses every global outside :data:`hip.safe_loading.ENTRY_GLOBALS` before importing it. The one
+    reader of pickled LMDB values in hip (the dataset, the labeller, the scripts).
+
+    Args:
+        raw: the LMDB value.
+        where: context for messages, e.g. ``"shard.lmdb key b'17'"``.
+
+    Returns:
+        The unpickled object (for HORM entries a ``torch_geometric.data.Data``).
+
+    Raises:
+        HormDataError: the value names a global outside the allow-list (refused; nothing of it ran),
+            or it cannot be unpickled. The message starts with ``where``.
+    """
+    try:
+        return safe_loads(raw)
+    except RefusedGlobalError as e:
+        raise HormDataError(f"{where}: refused: the pickled value names '{e.global_name}', which HORM entries "
+                            "do not contain (allowed: hip.safe_loading.ENTRY_GLOBALS); unpickling it could run "
+                            "code from the shard. Nothing of it was run") from None
+    except Exception as e:
+        raise HormDataError(f"{where}: entry cannot be unpickled ({type(e).__name__}: {e})") from e
 
 
 def _entry_fields(obj: Any, where: str) -> dict[str, Any]:
@@ -188,7 +211,7 @@ def _finite(value: torch.Tensor, name: str, where: str) -> None:
 
 
 def decode_entry(raw: bytes | None, where: str, check_geometry: bool = True) -> dict[str, torch.Tensor]:
-    """Unpickle and validate one HORM entry.
+    """Unpickle (:func:`load_value`: nothing in the entry runs) and validate one HORM entry.
 
     Args:
         raw: the LMDB value, or ``None`` when the key was missing.
@@ -202,18 +225,15 @@ def decode_entry(raw: bytes | None, where: str, check_geometry: bool = True) -> 
         in the default dtype, values unchanged.
 
     Raises:
-        HormDataError: missing key, unpicklable value, missing or malformed field, a ``one_hot`` row
-            that is not one-hot (an element outside H, C, N, O, F), ``charges`` or ``natoms``
+        HormDataError: missing key, unpicklable value or one naming a global outside
+            :data:`hip.safe_loading.ENTRY_GLOBALS` (refused unrun), missing or malformed field, a
+            ``one_hot`` row that is not one-hot (an element outside H, C, N, O, F), ``charges`` or ``natoms``
             inconsistent with it, non-finite values, atoms closer than 0.1 Å, ``forces`` not [N, 3],
             ``hessian`` not (3N)² entries. The message starts with ``where`` and names the field.
     """
     if raw is None:
         raise HormDataError(f"{where}: key missing (the shard holds fewer entries than its 'length' says)")
-    try:
-        obj = pickle.loads(raw)
-    except Exception as e:
-        raise HormDataError(f"{where}: entry cannot be unpickled ({type(e).__name__}: {e})") from e
-    fields = _entry_fields(obj, where)
+    fields = _entry_fields(load_value(raw, where), where)
     missing = [name for name in REQUIRED_FIELDS if fields.get(name) is None]
     if missing:
         raise HormDataError(f"{where}: field {', '.join(repr(m) for m in missing)} missing")

@@ -43,6 +43,7 @@ from hip.constants import (
     HORM_ELEMENTS,
     MIN_INTERATOMIC_DISTANCE,
 )
+from hip.data.horm import load_value
 
 #: HORM's level of theory (``../shared/horm/README.md``).
 HORM_XC = "wb97x"
@@ -533,10 +534,14 @@ def open_lmdb(
 
 
 def lmdb_length(env: lmdb.Environment) -> int:
-    """The pickled int under ``b"length"`` (0 if absent)."""
+    """The pickled int under ``b"length"`` (0 if absent).
+
+    Raises:
+        HormDataError: the value cannot be unpickled or names a global (refused unrun).
+    """
     with env.begin() as txn:
         raw = txn.get(LENGTH_KEY)
-    return 0 if raw is None else int(pickle.loads(raw))
+    return 0 if raw is None else int(load_value(raw, f"LMDB {env.path()} key b'length'"))
 
 
 def read_entry(env: lmdb.Environment, key: int) -> Data:
@@ -544,12 +549,14 @@ def read_entry(env: lmdb.Environment, key: int) -> Data:
 
     Raises:
         KeyError: no such key (the message names the file and key).
+        HormDataError: the value cannot be unpickled or names a global outside
+            :data:`hip.safe_loading.ENTRY_GLOBALS` (refused unrun).
     """
     with env.begin() as txn:
         raw = txn.get(str(key).encode())
     if raw is None:
         raise KeyError(f"key {key} not in LMDB {env.path()}")
-    return pickle.loads(raw)
+    return load_value(raw, f"LMDB {env.path()} key b'{key}'")
 
 
 def has_entry(env: lmdb.Environment, key: int) -> bool:
@@ -575,7 +582,7 @@ def write_entry(env: lmdb.Environment, key: int, data: Data) -> bool:
         if txn.get(k) is not None:
             return False
         raw = txn.get(LENGTH_KEY)
-        length = 0 if raw is None else int(pickle.loads(raw))
+        length = 0 if raw is None else int(load_value(raw, f"LMDB {env.path()} key b'length'"))
         if key != length:
             raise ValueError(f"LMDB {env.path()}: writing key {key} would leave a gap (length is {length}); "
                              "entries must be written in key order")
@@ -638,7 +645,7 @@ def iter_entries(path: str | os.PathLike) -> Iterator[Data]:
 def compare_with_horm(path: str | os.PathLike, index: int, **label_kwargs) -> dict[str, float]:
     """Recompute HORM entry ``index`` of ``path`` with :func:`label_molecule` and compare with its labels.
 
-    Reads the entry with ``pickle`` directly (HORM format, ``subdir=False``).
+    Reads the entry with :func:`read_entry` (HORM format, ``subdir=False``).
 
     Returns:
         ``natoms``, ``delta_energy_mev`` (ours − stored), ``delta_ae_mev``, ``force_mae`` (eV/Å),

@@ -1,6 +1,8 @@
 """Loading HIP-EquiformerV2 weights: ours, the HIP authors', HORM's, and plain state dicts.
 
-Formats (all read with ``torch.load``):
+Formats (all read by :func:`hip.safe_loading.safe_torch_load`, so opening one runs none of its code:
+a file that names types outside the allow-list is refused with a :class:`CheckpointError`, unless
+``trusted=True``):
 
 a. our Lightning checkpoints: ``state_dict`` keys prefixed ``model.``, model kwargs in
    ``hyper_parameters["model"]``;
@@ -17,6 +19,7 @@ every other missing, unexpected or mis-shaped key raises :class:`CheckpointError
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from hip.model.hip_equiformer import HESSIAN_MODULES, HIPEquiformerV2
+from hip.safe_loading import RefusedGlobalError, safe_torch_load, to_plain
 
 #: Model kwargs of the Hessian readout. A frozen-backbone run takes them from its own config and every
 #: other kwarg (the backbone's architecture) from the backbone checkpoint (:func:`load_backbone`).
@@ -123,29 +127,97 @@ def load_state_dict_checked(model: HIPEquiformerV2, state_dict: Mapping[str, tor
     model.load_state_dict(state_dict, strict=False)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    trusted: bool = False) -> tuple[dict, dict]:
     """Model kwargs and state dict (authors' = our names, no prefix) of a checkpoint in any format.
+
+    Args:
+        path: checkpoint file.
+        map_location: device for the weights.
+        trusted: read the file with plain ``torch.load(weights_only=False)``. UNSAFE: that runs any
+            code the file holds; only for a file you trust that names types outside
+            :mod:`hip.safe_loading`'s allow-lists. Off by default.
+
+    Returns:
+        (model kwargs as plain dicts and lists, state dict of tensors).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CheckpointError: unrecognised format or unknown config.
+        CheckpointError: ``path`` is a directory; not a readable torch file (text, random bytes,
+            truncated); a file naming types outside the allow-lists (refused before any of it
+            runs; the message names them); no ``state_dict`` of tensors; unrecognised format or
+            unknown config.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; expected a checkpoint file (a .ckpt or .pt written by "
+                              "torch.save or Lightning, e.g. <run dir>/checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint = _load_file(path, map_location, trusted)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a checkpoint (expected a dict with 'state_dict')")
-    state_dict, hparams = checkpoint["state_dict"], checkpoint.get("hyper_parameters", {})
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict with 'state_dict', got a "
+                              f"{type(checkpoint).__name__})")
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, Mapping) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: holds no weights ('state_dict' is a {type(state_dict).__name__} without "
+                              "tensors); expected the model's weights under 'state_dict'")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"{path}: 'hyper_parameters' is a {type(hparams).__name__}, expected a dict")
     if isinstance(hparams.get("model"), Mapping) and any(k.startswith("model.") for k in state_dict):
-        return dict(hparams["model"]), _strip_prefix(state_dict, "model.")  # (a) ours
+        where = f"{path} ['hyper_parameters']['model']"  # (a) ours
+        return _plain_config(hparams["model"], where), _strip_prefix(state_dict, "model.")
     if "config" in checkpoint:  # (d) plain dict with the authors' names
-        return config_from_authors(checkpoint["config"], f"{path} ['config']"), dict(state_dict)
+        where = f"{path} ['config']"
+        return config_from_authors(_plain_config(checkpoint["config"], where), where), dict(state_dict)
     if (authors := _find_authors_config(hparams)) is not None:  # (b), (c)
-        return (config_from_authors(authors, f"{path} ['hyper_parameters']"),
-                _strip_prefix(state_dict, "potential."))
+        where = f"{path} ['hyper_parameters']"
+        return config_from_authors(_plain_config(authors, where), where), _strip_prefix(state_dict, "potential.")
     raise CheckpointError(f"{path}: no model config found (looked for hyper_parameters['model'], "
                           "'config', and a hyper_parameters dict with 'sphere_channels')")
+
+
+def _plain_config(config: Any, where: str) -> dict[str, Any]:
+    """A stored model config as a plain dict (:func:`~hip.safe_loading.to_plain`: the HIP authors' are
+    OmegaConf configs), so that models, and the checkpoints written from them, hold plain containers.
+
+    Raises:
+        CheckpointError: not a mapping, or an interpolation that cannot be resolved.
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{where}: the model config is a {type(config).__name__}, expected a dict")
+    try:
+        return dict(to_plain(config))
+    except Exception as e:
+        raise CheckpointError(f"{where}: the model config cannot be resolved ({type(e).__name__}: {e})") from e
+
+
+def _load_file(path: Path, map_location: str | torch.device, trusted: bool) -> Any:
+    """The unpickled file: :func:`~hip.safe_loading.safe_torch_load`, or unrestricted when ``trusted``.
+
+    Raises:
+        CheckpointError: refused types (naming them and the ``trusted`` switch), or not a torch file.
+    """
+    try:
+        if trusted:
+            warnings.warn(f"loading {path} with trusted=True: unpickling runs any code the file holds",
+                          stacklevel=3)
+            return torch.load(path, map_location=map_location, weights_only=False)
+        return safe_torch_load(path, map_location)
+    except RefusedGlobalError as e:
+        raise CheckpointError(
+            f"{path}: refused: the file names {e.global_name}, which is not on hip's allow-list of what "
+            "checkpoints hold (tensors, plain containers, the configs in hip.safe_loading.CHECKPOINT_GLOBALS); "
+            "unpickling it would import and possibly call it, i.e. run code from the file. Nothing was run. "
+            "If you trust the file, load it with trusted=True (load_checkpoint(path, trusted=True); eval.py "
+            "trusted_checkpoint=true), which is unsafe: it runs whatever code the file holds") from None
+    except Exception as e:  # anything torch.load raises for bytes that are not a torch file
+        reason = e.__context__ if isinstance(e, pickle.UnpicklingError) and e.__context__ else e
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(reason).__name__}: "
+                              f"{str(reason).strip()}); expected a file written by torch.save or Lightning "
+                              "(.ckpt, .pt); is it truncated (an interrupted download or copy) or another "
+                              "kind of file?") from None
 
 
 def is_hessian_key(key: str) -> bool:
@@ -154,20 +226,23 @@ def is_hessian_key(key: str) -> bool:
                            "distance_expansion_hessian"))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **overrides) -> HIPEquiformerV2:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trusted: bool = False,
+                    **overrides) -> HIPEquiformerV2:
     """Load a ready HIP-EquiformerV2 in eval mode from any of the formats of this module.
 
     Args:
         path: checkpoint file.
         map_location: device for the weights.
+        trusted: UNSAFE unrestricted unpickling, see :func:`read_checkpoint`. Off by default.
         **overrides: model kwargs replacing the checkpoint's (e.g. ``num_layers_hessian`` for a
             HORM backbone).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CheckpointError: unrecognised format, unknown config, or mismatched weights (listed).
+        CheckpointError: unreadable or refused file, unrecognised format, unknown config, or
+            mismatched weights (listed); see :func:`read_checkpoint`.
     """
-    config, state_dict = read_checkpoint(path, map_location)
+    config, state_dict = read_checkpoint(path, map_location, trusted)
     model = HIPEquiformerV2(**(config | overrides)).to(map_location)
     has_hessian = any(k.startswith("hessian_layers.") for k in state_dict)
     load_state_dict_checked(model, state_dict, str(path), allow_missing_hessian=not has_hessian)
@@ -178,15 +253,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return model.eval()
 
 
-def load_backbone_weights(model: HIPEquiformerV2, path: str | Path) -> None:
+def load_backbone_weights(model: HIPEquiformerV2, path: str | Path, trusted: bool = False) -> None:
     """Copy backbone and energy/force-head weights of a checkpoint (any format) into ``model``.
 
-    The checkpoint's Hessian readout, if any, is ignored; ``model``'s stays as it is.
+    The checkpoint's Hessian readout, if any, is ignored; ``model``'s stays as it is. ``trusted``:
+    UNSAFE unrestricted unpickling, see :func:`read_checkpoint`.
 
     Raises:
         FileNotFoundError, CheckpointError: as :func:`read_checkpoint`; mismatched backbone keys.
     """
-    _, state_dict = read_checkpoint(path, next(model.parameters()).device)
+    _, state_dict = read_checkpoint(path, next(model.parameters()).device, trusted)
     _copy_backbone(model, state_dict, str(path))
 
 
@@ -196,7 +272,8 @@ def _copy_backbone(model: HIPEquiformerV2, state_dict: Mapping[str, torch.Tensor
     load_state_dict_checked(model, backbone, where, allow_missing_hessian=True)
 
 
-def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", **readout) -> HIPEquiformerV2:
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", trusted: bool = False,
+                  **readout) -> HIPEquiformerV2:
     """A model with the backbone architecture and weights of a checkpoint and a fresh Hessian readout.
 
     The backbone sizes, cutoff and energy/force heads come from the checkpoint (any format of this
@@ -206,6 +283,7 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", **
     Args:
         path: checkpoint file.
         map_location: device for the weights.
+        trusted: UNSAFE unrestricted unpickling, see :func:`read_checkpoint`. Off by default.
         **readout: kwargs from :data:`HESSIAN_CONFIG_KEYS` (e.g. ``num_layers_hessian=3``); others are
             the checkpoint's.
 
@@ -216,7 +294,7 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu", **
     unknown = sorted(set(readout) - set(HESSIAN_CONFIG_KEYS))
     if unknown:
         raise ValueError(f"{unknown} are backbone settings, read from {path}; only {HESSIAN_CONFIG_KEYS} can be set")
-    config, state_dict = read_checkpoint(path, map_location)
+    config, state_dict = read_checkpoint(path, map_location, trusted)
     model = HIPEquiformerV2(**(config | readout)).to(map_location)
     _copy_backbone(model, state_dict, str(path))
     return model

@@ -12,7 +12,8 @@ from conftest import TINY_MODEL
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
 from hip.model.checkpoints import CheckpointError
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO / ".." / "shared" / "reference"
 
 
 def authors_checkpoint(num_layers_hessian: int) -> tuple[dict, dict, set]:
@@ -113,3 +114,58 @@ def test_missing_file_and_unknown_config(tmp_path):
     torch.save({"weights": state}, path)
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(path)
+
+
+def unreadable(kind: str, tmp_path: Path) -> Path:
+    """A file (or folder) that is not a loadable checkpoint, of the kind a user might pass by mistake."""
+    path = tmp_path / f"{kind}.ckpt"
+    model = HIPEquiformerV2(**TINY_MODEL)
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if kind == "text":
+        path.write_text((REPO / "README.md").read_text())
+    elif kind in ("truncated", "truncated_legacy"):
+        torch.save({"state_dict": weights, "hyper_parameters": {"model": model.config}}, path,
+                   _use_new_zipfile_serialization=kind == "truncated")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "random_bytes":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif kind == "empty":
+        path.touch()
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "no_weights":
+        torch.save({"state_dict": {}, "hyper_parameters": {"model": model.config}}, path)
+    elif kind == "weights_not_tensors":
+        torch.save({"state_dict": {k: v.tolist() for k, v in weights.items()}, "hyper_parameters": {}}, path)
+    elif kind == "bare_tensor":
+        torch.save(torch.zeros(3), path)
+    return path
+
+
+UNREADABLE = {"text": "not a readable PyTorch checkpoint", "truncated": "not a readable PyTorch checkpoint",
+              "truncated_legacy": "not a readable PyTorch checkpoint",
+              "random_bytes": "not a readable PyTorch checkpoint", "empty": "not a readable PyTorch checkpoint",
+              "directory": "is a directory; expected a checkpoint file", "no_weights": "holds no weights",
+              "weights_not_tensors": "holds no weights", "bare_tensor": "not a checkpoint"}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+def test_unreadable_checkpoint_names_file_and_what_was_expected(tmp_path, kind):
+    path = unreadable(kind, tmp_path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and UNREADABLE[kind] in message and "expected" in message
+
+
+def test_eval_py_reports_an_unreadable_checkpoint_without_traceback(tmp_path):
+    """The command of issue 11, as a user runs it (a subprocess: Hydra finds its configs from the script)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "eval.py"), "ckpt_path=README.md",
+                             f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "README.md: not a readable PyTorch checkpoint" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
