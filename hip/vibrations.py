@@ -8,17 +8,26 @@ The rigid-body (translation and rotation) subspace is spanned by the Eckart vect
 a translation- and rotation-invariant energy at a stationary point the mass-weighted Hessian
 annihilates it, and elsewhere the projection removes the residual coupling. Vibrational modes are the
 eigenpairs of the mass-weighted Hessian restricted to the orthogonal complement of that subspace.
+
+Downstream (paper §2 and §4): extremum type from the number of imaginary modes, the zero-point energy,
+ideal-gas thermochemistry through ASE's ``IdealGasThermo``, and normal modes through ASE's
+``VibrationsData`` for viewing; these take NumPy/ASE inputs and return floats or NumPy arrays.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import ase.data
 import ase.units
+import numpy as np
 import torch
+from ase import Atoms
+from ase.vibrations import VibrationsData
 
 # Wavenumber of a mass-weighted eigenvalue. In ase.units, length is Å, energy eV and mass amu
 # (ase.units.kg = 1/_amu), so the time unit is Å·sqrt(amu/eV), and ase.units.s = 1e10·sqrt(_e/_amu) is
@@ -220,3 +229,219 @@ def vibrational_analysis(
     evals, evecs = torch.linalg.eigh(basis.T @ h @ basis)
     frequencies = evals.sign() * evals.abs().sqrt() * EV_PER_A2_AMU_TO_CM1
     return VibrationalModes(evals, basis @ evecs, frequencies)
+
+
+# ---- downstream quantities: extremum type, ZPE, thermochemistry, viewable modes (paper §2, §4) -----------
+def count_imaginary(frequencies: _ArrayLike, threshold: float = 0.0) -> int:
+    """Number of imaginary modes: frequencies below ``-threshold`` cm⁻¹ (paper §2, extrema classification).
+
+    Args:
+        frequencies: [M] wavenumbers, cm⁻¹, negative for imaginary modes (:func:`vibrational_analysis`).
+        threshold: tolerance, cm⁻¹ (≥ 0); 0 counts every negative frequency.
+    """
+    return int((_f64(frequencies) < -threshold).sum())
+
+
+def extremum_type(n_imaginary: int) -> str:
+    """``"minimum"`` (no imaginary mode), ``"transition state"`` (one: a first-order saddle point) or
+    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3."""
+    if n_imaginary < 0:
+        raise ValueError(f"n_imaginary must be ≥ 0, got {n_imaginary}")
+    return {0: "minimum", 1: "transition state"}.get(n_imaginary, f"saddle point of order {n_imaginary}")
+
+
+def zero_point_energy(
+    hessian: _ArrayLike,
+    pos: _ArrayLike,
+    z: _ArrayLike,
+    masses: _ArrayLike | None = None,
+) -> float:
+    """Harmonic zero-point energy ZPE = ½ Σ_k ħω_k over the real vibrational modes, eV (paper §2, A.6.3).
+
+    Frequencies are those of :func:`vibrational_analysis` (mass-weighted, Eckart-projected Hessian);
+    imaginary modes (negative frequencies) have no zero-point energy and are left out, with a
+    ``UserWarning`` giving their number and frequencies (expected at a transition state).
+
+    Args:
+        hessian: (3N, 3N) Cartesian Hessian, eV/Å² (or flat [9N²]).
+        pos: [N, 3] positions, Å.
+        z: [N] atomic numbers.
+        masses: [N] masses, amu, overriding ``atomic_masses(z)``.
+
+    Returns:
+        ZPE, eV.
+    """
+    frequencies = vibrational_analysis(hessian, pos, z, masses).frequencies.cpu()
+    imaginary = frequencies < 0
+    if imaginary.any():
+        warnings.warn(f"zero_point_energy: {int(imaginary.sum())} imaginary mode(s) left out "
+                      f"({[round(f, 1) for f in frequencies[imaginary].tolist()]} cm⁻¹)", stacklevel=2)
+    return 0.5 * float(frequencies[~imaginary].sum()) * ase.units.invcm
+
+
+class Thermochemistry(NamedTuple):
+    """Ideal-gas, rigid-rotor, harmonic-oscillator thermochemistry of one molecule (ASE's ``IdealGasThermo``).
+
+    Attributes:
+        enthalpy: H = E_pot + ZPE + ∫C_p dT, eV.
+        entropy: S at ``temperature`` and ``pressure``, eV/K.
+        gibbs_energy: G = H − T·S, eV.
+        zero_point_energy: ½ Σ ħω over the real modes, eV.
+        frequencies: [3N − d] vibrational wavenumbers, cm⁻¹, negative for imaginary modes.
+        n_imaginary: imaginary modes; they are left out of ZPE, H and S (ASE warns).
+        geometry: ``"nonlinear"``, ``"linear"`` or ``"monatomic"`` (from the Eckart analysis).
+        symmetry_number: rotational symmetry number σ used.
+    """
+
+    enthalpy: float
+    entropy: float
+    gibbs_energy: float
+    zero_point_energy: float
+    frequencies: np.ndarray
+    n_imaginary: int
+    geometry: str
+    symmetry_number: int
+
+
+#: Tolerance of PySCF's point-group detection (``pyscf.symm.geom.TOLERANCE``, Bohr), looser than PySCF's
+#: 1e-5 so that geometries given to 6 decimals (ASE's G2 set) or relaxed by a model keep their symmetry.
+SYMMETRY_TOLERANCE = 1e-3
+
+
+def rotational_symmetry_number(atoms: Atoms, tolerance: float = SYMMETRY_TOLERANCE) -> int:
+    """Rotational symmetry number σ of a molecule from its point group, detected by PySCF.
+
+    Args:
+        atoms: the molecule; positions Å.
+        tolerance: PySCF's ``symm.geom.TOLERANCE`` during the detection, Bohr (set back afterwards).
+
+    Returns:
+        σ (1 for C1, Cs, Ci, C∞v; 2 for C2v, D∞h; 3 for C3v; 12 for Td; ...).
+
+    Raises:
+        ImportError: PySCF is not installed (``pip install -e ".[dft]"``); pass σ yourself instead.
+    """
+    try:
+        from pyscf import gto
+        from pyscf.hessian.thermo import rotational_symmetry_number as pyscf_symmetry_number
+        from pyscf.symm import geom
+    except ImportError as e:
+        raise ImportError("detecting the symmetry number needs PySCF (pip install -e '.[dft]'); "
+                          "or pass symmetry_number= yourself") from e
+    mol = gto.M(atom=list(zip(atoms.get_chemical_symbols(), atoms.positions.tolist(), strict=True)),
+                unit="Angstrom", spin=int(atoms.numbers.sum()) % 2, verbose=0)
+    previous, geom.TOLERANCE = geom.TOLERANCE, tolerance
+    try:
+        return int(pyscf_symmetry_number(mol))
+    finally:
+        geom.TOLERANCE = previous
+
+
+def thermochemistry(
+    hessian: _ArrayLike,
+    atoms: Atoms,
+    temperature: float = 298.15,
+    pressure: float = 101325.0,
+    *,
+    potential_energy: float = 0.0,
+    symmetry_number: int | None = None,
+    spin: float = 0.0,
+) -> Thermochemistry:
+    """Enthalpy, entropy and Gibbs energy through ASE's ``IdealGasThermo`` (ideal gas, rigid rotor,
+    harmonic oscillator), from a Hessian (paper §2 "Zero-point energy": ΔZPE enters ΔG).
+
+    Vibrational energies ħω come from :func:`vibrational_analysis` with ``atoms.get_masses()``;
+    the geometry (non-linear, linear, atom) from the number of rigid-body modes; translational and
+    rotational terms from ``atoms`` (mass, moments of inertia) as ASE computes them. Imaginary modes
+    are left out of every term (ASE warns how many; see ``n_imaginary``).
+
+    Args:
+        hessian: (3N, 3N) Cartesian Hessian, eV/Å² (or flat [9N²]).
+        atoms: the molecule at which the Hessian was computed; positions Å, masses amu.
+        temperature: K.
+        pressure: Pa (default 1 atm, as PySCF; ASE's own default is 1 bar).
+        potential_energy: electronic energy added to H and G, eV (0: H and G are the thermal
+            corrections alone).
+        symmetry_number: rotational σ; default detected by :func:`rotational_symmetry_number` (PySCF,
+            tolerance :data:`SYMMETRY_TOLERANCE`).
+        spin: total electronic spin S (0 for closed-shell molecules), giving S_elec = k ln(2S + 1).
+
+    Returns:
+        :class:`Thermochemistry`.
+
+    Raises:
+        ValueError: the Hessian does not have shape (3N, 3N) for the N atoms.
+        ImportError: ``symmetry_number`` not given and PySCF missing.
+    """
+    from ase.thermochemistry import IdealGasThermo
+
+    vib = vibrational_analysis(hessian, atoms.positions, atoms.numbers, masses=atoms.get_masses())
+    frequencies = vib.frequencies.cpu().numpy()
+    geometry = {3: "monatomic", 5: "linear", 6: "nonlinear"}[3 * len(atoms) - len(frequencies)]
+    # ASE's convention: an imaginary mode is an imaginary energy
+    energies = np.where(frequencies >= 0, frequencies, 1j * np.abs(frequencies)) * ase.units.invcm
+    sigma = rotational_symmetry_number(atoms) if symmetry_number is None else int(symmetry_number)
+    thermo = IdealGasThermo(energies, geometry, potentialenergy=potential_energy, atoms=atoms,
+                            symmetrynumber=sigma, spin=spin, vib_selection="exact", ignore_imag_modes=True)
+    enthalpy = float(thermo.get_enthalpy(temperature, verbose=False))
+    entropy = float(thermo.get_entropy(temperature, pressure, verbose=False))
+    return Thermochemistry(enthalpy, entropy, enthalpy - temperature * entropy, float(thermo.get_ZPE_correction()),
+                           frequencies, int(thermo.n_imag), geometry, sigma)
+
+
+def vibrations_data(hessian: _ArrayLike, atoms: Atoms) -> VibrationsData:
+    """ASE ``VibrationsData`` of the Eckart-projected Hessian, for viewing and animating modes.
+
+    The Cartesian Hessian handed to ASE is M^{1/2} P H̃ P M^{1/2} (masses ``atoms.get_masses()``), so ASE's
+    own diagonalisation returns exactly the frequencies of :func:`vibrational_analysis` plus d ≈ 0
+    rigid-body modes, instead of mixing translations and rotations into the vibrations off equilibrium.
+
+    Args:
+        hessian: (3N, 3N) Cartesian Hessian, eV/Å² (or flat [9N²]).
+        atoms: the molecule; positions Å.
+
+    Returns:
+        ``VibrationsData`` (``get_frequencies``, ``tabulate``, ``write_jmol``, ``iter_animated_mode``...).
+    """
+    masses = atoms.get_masses()
+    sqrt_m = torch.as_tensor(masses, dtype=torch.float64).sqrt().repeat_interleave(3)
+    projected = eckart_project(hessian, atoms.positions, atoms.numbers, masses=masses).cpu()
+    return VibrationsData.from_2d(atoms, (sqrt_m[:, None] * projected * sqrt_m[None, :]).numpy())
+
+
+def write_normal_modes(hessian: _ArrayLike, atoms: Atoms, directory: str | Path, frames: int = 30,
+                       temperature: float = 300.0) -> list[Path]:
+    """Write the normal modes with ASE's ``VibrationsData`` so that a viewer can show them.
+
+    Files: ``modes.xyz`` (Jmol/extended XYZ: every mode of :func:`vibrations_data` as extra columns;
+    ``ase gui`` and Jmol read it) and ``mode_KKK.traj`` for each vibrational mode k (ascending
+    frequency, index as in :func:`vibrational_analysis`; imaginary modes first), an ASE trajectory of
+    ``frames`` images (``ase gui mode_000.traj``).
+
+    Args:
+        hessian: (3N, 3N) Cartesian Hessian, eV/Å².
+        atoms: the molecule; positions Å.
+        directory: created if missing.
+        frames: images per mode animation.
+        temperature: amplitude of the animations (ASE's classical amplitude at this temperature), K.
+
+    Returns:
+        The written paths.
+    """
+    import ase.io
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = vibrations_data(hessian, atoms)
+    data.write_jmol(str(directory / "modes.xyz"))
+    paths = [directory / "modes.xyz"]
+    # ASE orders modes by eigenvalue; the d rigid-body modes are the exact zeros of the projected Hessian
+    energies = data.get_energies()
+    n_vib = len(vibrational_analysis(hessian, atoms.positions, atoms.numbers, masses=atoms.get_masses()).frequencies)
+    rigid = set(np.argsort(np.abs(energies))[: len(energies) - n_vib].tolist())
+    vibrational = [i for i in range(len(energies)) if i not in rigid]
+    for k, i in enumerate(vibrational):
+        path = directory / f"mode_{k:03d}.traj"
+        ase.io.write(path, list(data.iter_animated_mode(i, temperature=ase.units.kB * temperature, frames=frames)))
+        paths.append(path)
+    return paths

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.constants
 import torch
+from ase import Atoms
 
 from hip.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 from hip.vibrations import (
@@ -250,3 +252,198 @@ def test_water_frequencies_match_pyscf(pyscf_water):
     print("water frequencies, cm^-1: hip", ours, "pyscf", theirs, "max diff", np.abs(ours - theirs).max())
     assert ours.shape == (3,)
     np.testing.assert_allclose(ours, theirs, atol=1.0)
+
+
+# ---------------------------------------------------------------- ZPE, thermochemistry and modes vs PySCF/ASE
+EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "embedded"
+
+
+def _dft_hessians(path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(where, z [N], pos [N, 3] Å, symmetrised Hessian (3N, 3N) eV/Å²) of every entry of a shard."""
+    from hip.data.horm import HormDataset
+
+    dataset = HormDataset(path, cache_dir=None)
+    out = []
+    for i in range(len(dataset)):
+        entry = dataset.read(i)
+        z, pos, flat = entry["z"].numpy(), entry["pos"].double().numpy(), entry["hessian"].double().numpy()
+        h = flat.reshape(3 * len(z), 3 * len(z))
+        out.append((f"{Path(path).name}[{i}]", z, pos, 0.5 * (h + h.T)))
+    return out
+
+
+def _pyscf_mol(z, pos):
+    from pyscf import gto
+
+    return gto.M(atom=list(zip(z.tolist(), pos.tolist(), strict=True)), unit="Angstrom",
+                 spin=int(z.sum()) % 2, verbose=0)
+
+
+def _pyscf_hessian(h, n):
+    """eV/Å² (3N, 3N) → PySCF's Hartree/Bohr² (N, N, 3, 3)."""
+    return (h * BOHR_TO_ANGSTROM**2 / HARTREE_TO_EV).reshape(n, 3, n, 3).transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("shard", ["embedded", "horm_sample"])
+def test_frequencies_zpe_and_imaginary_count_match_pyscf(shard):
+    """Every DFT Hessian of a shard: frequencies within 0.1 cm⁻¹ of ``harmonic_analysis``, ZPE within 1e-5 eV of
+    ``thermo.thermo`` (both leave imaginary modes out), the same number of imaginary modes.
+
+    PySCF diagonalises with ``eigh`` (lower triangle), so both sides get the symmetrised Hessian; PySCF's
+    masses (``isotope_avg``) are given to both."""
+    pytest.importorskip("pyscf")
+    from types import SimpleNamespace
+
+    from pyscf.hessian import thermo
+
+    from hip.vibrations import count_imaginary, zero_point_energy
+
+    if shard == "horm_sample" and not HORM_SAMPLE.exists():
+        pytest.skip(f"{HORM_SAMPLE} not available")
+    paths = [EMBEDDED / "train.lmdb", EMBEDDED / "val.lmdb"] if shard == "embedded" else [HORM_SAMPLE]
+    molecules = [m for p in paths for m in _dft_hessians(p)]
+    worst_freq = worst_zpe = 0.0
+    n_with_imaginary = 0
+    for where, z, pos, h in molecules:
+        mol = _pyscf_mol(z, pos)
+        masses = mol.atom_mass_list(isotope_avg=True)
+        theirs = thermo.harmonic_analysis(mol, _pyscf_hessian(h, len(z)), imaginary_freq=False, mass=masses)
+        ours = vibrational_analysis(h, pos, z, masses=masses).frequencies.numpy()
+        worst_freq = max(worst_freq, np.abs(ours - np.sort(theirs["freq_wavenumber"])).max())
+        n_imaginary = count_imaginary(ours)
+        assert n_imaginary == theirs["freq_error"], where
+        n_with_imaginary += n_imaginary > 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            zpe = zero_point_energy(h, pos, z, masses=masses)
+        assert (len(caught) == 1) == (n_imaginary > 0), where  # imaginary modes are never dropped silently
+        pyscf_zpe = thermo.thermo(SimpleNamespace(mol=mol, e_tot=0.0), theirs["freq_au"])["ZPE"][0] * HARTREE_TO_EV
+        worst_zpe = max(worst_zpe, abs(zpe - pyscf_zpe))
+    print(f"{shard}: {len(molecules)} DFT Hessians ({n_with_imaginary} with imaginary modes): max |Δν| "
+          f"{worst_freq:.2e} cm^-1, max |ΔZPE| {worst_zpe:.2e} eV")
+    assert worst_freq < 0.1
+    assert worst_zpe < 1e-5
+
+
+def _embedded_molecule(formula: str):
+    """Variant 0 (the undisplaced G2 geometry) of a molecule of the embedded training set."""
+    for where, z, pos, h in _dft_hessians(EMBEDDED / "train.lmdb"):
+        if Atoms(numbers=z).get_chemical_formula() == formula:
+            return where, z, pos, h
+    raise LookupError(formula)
+
+
+@pytest.mark.parametrize(("formula", "geometry", "sigma"), [
+    ("H2O", "nonlinear", 2), ("CH4", "nonlinear", 12), ("CO2", "linear", 2), ("CHN", "linear", 1)])
+def test_thermochemistry_matches_pyscf(formula, geometry, sigma):
+    """H, S, G of rigid molecules (DFT Hessians) vs PySCF's ``thermo``. Conventions aligned: the same
+    pressure (1 atm: ASE's default would be 1 bar), PySCF's masses on the ASE atoms, the electronic
+    energy as ASE's ``potentialenergy`` and PySCF's ``e_tot``, singlet (S_elec = 0). Both then sum the
+    same ideal-gas, rigid-rotor, harmonic-oscillator terms (H = E + ZPE + ∫C_p dT with C_p ⊃ k_B); what is
+    left is the CODATA version of the constants (ASE 2014, PySCF 2018), about 1e-8 relative."""
+    pytest.importorskip("pyscf")
+    from types import SimpleNamespace
+
+    from pyscf.hessian import thermo
+
+    from hip.vibrations import thermochemistry
+
+    _, z, pos, h = _embedded_molecule(formula)
+    mol = _pyscf_mol(z, pos)
+    atoms = Atoms(numbers=z, positions=pos, masses=mol.atom_mass_list(isotope_avg=True))
+    e_elec = -2000.0  # eV: any value, added by both
+    theirs_freq = thermo.harmonic_analysis(mol, _pyscf_hessian(h, len(z)))["freq_au"]
+    theirs = thermo.thermo(SimpleNamespace(mol=mol, e_tot=e_elec / HARTREE_TO_EV), theirs_freq, 298.15, 101325)
+    ours = thermochemistry(h, atoms, 298.15, 101325.0, potential_energy=e_elec)
+    assert (ours.geometry, ours.symmetry_number, ours.n_imaginary) == (geometry, sigma, 0)
+    assert theirs["sym_number"][0] == sigma
+    print(f"{formula}: ΔH {ours.enthalpy - theirs['H_tot'][0] * HARTREE_TO_EV:.1e} eV, "
+          f"ΔS {ours.entropy - theirs['S_tot'][0] * HARTREE_TO_EV:.1e} eV/K, "
+          f"ΔG {ours.gibbs_energy - theirs['G_tot'][0] * HARTREE_TO_EV:.1e} eV")
+    assert ours.enthalpy == pytest.approx(theirs["H_tot"][0] * HARTREE_TO_EV, abs=1e-6)
+    assert ours.entropy == pytest.approx(theirs["S_tot"][0] * HARTREE_TO_EV, abs=1e-10)
+    assert ours.gibbs_energy == pytest.approx(theirs["G_tot"][0] * HARTREE_TO_EV, abs=1e-6)
+    assert ours.zero_point_energy == pytest.approx(theirs["ZPE"][0] * HARTREE_TO_EV, abs=1e-6)
+
+
+def test_thermochemistry_of_a_saddle_point_leaves_imaginary_modes_out_loudly():
+    """A HORM geometry with one imaginary mode: ASE warns, n_imaginary says so, and H/S agree with PySCF's
+    thermo, which also keeps only the real modes."""
+    pytest.importorskip("pyscf")
+    from types import SimpleNamespace
+
+    from pyscf.hessian import thermo
+
+    from hip.vibrations import count_imaginary, extremum_type, thermochemistry
+
+    if not HORM_SAMPLE.exists():
+        pytest.skip(f"{HORM_SAMPLE} not available")
+    where, z, pos, h = next(m for m in _dft_hessians(HORM_SAMPLE)
+                            if count_imaginary(vibrational_analysis(m[3], m[2], m[1]).frequencies) == 1)
+    mol = _pyscf_mol(z, pos)
+    atoms = Atoms(numbers=z, positions=pos, masses=mol.atom_mass_list(isotope_avg=True))
+    with pytest.warns(UserWarning, match="1 imag"):
+        ours = thermochemistry(h, atoms, symmetry_number=1)
+    assert ours.n_imaginary == 1 and ours.frequencies[0] < 0 and extremum_type(ours.n_imaginary) == "transition state"
+    freq = thermo.harmonic_analysis(mol, _pyscf_hessian(h, len(z)))["freq_au"]
+    theirs = thermo.thermo(SimpleNamespace(mol=mol, e_tot=0.0), freq, 298.15, 101325)
+    assert theirs["sym_number"][0] == 1, where
+    assert ours.enthalpy == pytest.approx(theirs["H_tot"][0] * HARTREE_TO_EV, abs=1e-6)
+    assert ours.entropy == pytest.approx(theirs["S_tot"][0] * HARTREE_TO_EV, abs=1e-10)
+
+
+@pytest.mark.parametrize(("name", "sigma"), [("H2O", 2), ("NH3", 3), ("CH4", 12), ("C6H6", 12), ("CO2", 2),
+                                             ("HCN", 1), ("C2H4", 4), ("CH3OH", 1)])
+def test_rotational_symmetry_numbers(name, sigma):
+    """Textbook σ of the point groups C2v, C3v, Td, D6h, D∞h, C∞v, D2h, Cs (ASE's G2 geometries, 6 decimals);
+    a distortion of 0.01 Å breaks the symmetry; PySCF's own tolerance is left as it was."""
+    pytest.importorskip("pyscf")
+    from ase.build import molecule
+    from pyscf.symm import geom
+
+    from hip.vibrations import rotational_symmetry_number
+
+    tolerance = geom.TOLERANCE
+    atoms = molecule(name)
+    assert rotational_symmetry_number(atoms) == sigma
+    atoms.positions += np.random.default_rng(0).normal(scale=0.01, size=atoms.positions.shape)
+    assert rotational_symmetry_number(atoms) == 1
+    assert geom.TOLERANCE == tolerance
+
+
+def test_extremum_type():
+    from hip.vibrations import extremum_type
+
+    assert [extremum_type(k) for k in range(3)] == ["minimum", "transition state", "saddle point of order 2"]
+    with pytest.raises(ValueError, match="≥ 0"):
+        extremum_type(-1)
+
+
+def test_normal_modes_through_ase_vibrations_data(tmp_path):
+    """ASE's own diagonalisation of :func:`vibrations_data` gives our frequencies (plus d zeros), and each
+    written trajectory moves the atoms along M^{-1/2}·(our mass-weighted eigenvector)."""
+    import ase.io
+
+    from hip.vibrations import vibrations_data, write_normal_modes
+
+    h = spring_hessian(POS5, stretch=0.9, seed=5)  # off equilibrium: rotations couple unless projected
+    atoms = Atoms(numbers=Z5, positions=POS5)
+    ours = vibrational_analysis(h, POS5, Z5, masses=atoms.get_masses())
+    ase_freq = vibrations_data(h, atoms).get_frequencies()
+    ase_freq = np.sort(ase_freq.real - np.abs(ase_freq.imag))
+    rigid = np.argsort(np.abs(ase_freq))[:6]
+    assert np.abs(ase_freq[rigid]).max() < 1e-3
+    np.testing.assert_allclose(np.delete(ase_freq, rigid), ours.frequencies.numpy(), rtol=1e-8)
+
+    paths = write_normal_modes(h, atoms, tmp_path / "modes", frames=8)
+    assert [p.name for p in paths] == ["modes.xyz"] + [f"mode_{k:03d}.traj" for k in range(9)]
+    assert len(ase.io.read(paths[0], index=":")) == 15  # every mode, rigid ones included
+    inv_sqrt_m = np.repeat(atoms.get_masses(), 3) ** -0.5
+    for k, path in enumerate(paths[1:]):
+        images = ase.io.read(path, index=":")
+        assert len(images) == 8
+        displacement = np.array([im.positions - POS5 for im in images]).reshape(8, -1)
+        largest = displacement[np.argmax(np.linalg.norm(displacement, axis=1))]
+        expected = inv_sqrt_m * ours.eigenvectors[:, k].numpy()
+        cos = abs(largest @ expected) / (np.linalg.norm(largest) * np.linalg.norm(expected))
+        assert cos == pytest.approx(1.0, abs=1e-6), k
