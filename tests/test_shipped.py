@@ -86,8 +86,7 @@ def test_hip_frozen_defaults_to_the_shipped_backbone(tmp_path, caplog):
 
     if (CKPT / "eqv2.ckpt").exists():
         pytest.skip("HORM's eqv2.ckpt is present: it is the default backbone then")
-    cfg = compose_train(tmp_path, ["experiment=hip_frozen", "data=embedded", "data.train_indices=[0,1]",
-                                   "data.val_indices=[0]", "+trainer.fast_dev_run=1"])
+    cfg = compose_train(tmp_path, ["experiment=hip_frozen", "+trainer.fast_dev_run=1"])
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
     assert "val/hessian_mae" in metrics
