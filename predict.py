@@ -27,7 +27,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hip.training import register_resolvers
 
@@ -146,6 +146,9 @@ def main(cfg: DictConfig) -> None:
     """
     from hip.model.checkpoints import CheckpointError
 
+    if OmegaConf.is_missing(cfg, "input"):
+        sys.exit("predict.py: which molecules? python predict.py input=<file> (xyz, extxyz, traj, sdf, ...: "
+                 "any file ase.io.read reads; every frame is predicted)")
     try:
         run(cfg)
     except (FileNotFoundError, ValueError, CheckpointError) as e:

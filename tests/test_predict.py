@@ -133,3 +133,14 @@ def test_command_line_error_is_one_line(tmp_path):
     ase.io.write(tmp_path / "water.xyz", molecule("H2O"))
     with pytest.raises(SystemExit, match=f"predict.py: checkpoint {tmp_path / 'absent.ckpt'} does not exist"):
         predict.main.__wrapped__(predict_config(tmp_path, tmp_path / "water.xyz", tmp_path / "absent.ckpt"))
+
+
+def test_missing_input_says_how_to_give_one(tmp_path):
+    from omegaconf import MISSING
+
+    import predict
+
+    cfg = predict_config(tmp_path, tmp_path / "water.xyz", tmp_path / "absent.ckpt")
+    cfg.input = MISSING
+    with pytest.raises(SystemExit, match=r"predict\.py: which molecules\? python predict\.py input=<file>"):
+        predict.main.__wrapped__(cfg)
