@@ -56,6 +56,9 @@ class HIPModule(L.LightningModule):
             (:data:`~hip.model.checkpoints.HESSIAN_CONFIG_KEYS`).
         backbone_trusted: UNSAFE: read ``backbone_ckpt`` with unrestricted unpickling, which runs any
             code it holds; only for a trusted file that the safe loader refuses (README "Guarantees").
+        backbone_cache_gb: frozen mode only: keep the backbone's outputs of every molecule seen, up to
+            this many GiB, so that later epochs run only the readout
+            (:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.cache_backbone`); None: off.
         hessian_memory_budget_gb: refuse batches whose Hessian tensors (prediction, label,
             gradient, eigen-loss padding) would exceed this many GiB.
 
@@ -79,6 +82,7 @@ class HIPModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         backbone_ckpt: str | Sequence[str] | None = None,
         backbone_trusted: bool = False,
+        backbone_cache_gb: float | None = None,
         hessian_memory_budget_gb: float = 8.0,
     ):
         super().__init__()
@@ -97,8 +101,12 @@ class HIPModule(L.LightningModule):
             readout = {k: model[k] for k in HESSIAN_CONFIG_KEYS if k in model}
             self.model = load_backbone(backbone_ckpt, trusted=backbone_trusted, **readout)
             self.model.freeze_backbone()
+            self.model.cache_backbone(backbone_cache_gb)
             logger.info("frozen backbone %s: %s", backbone_ckpt, self.model.config)
         else:
+            if backbone_cache_gb is not None:
+                raise ValueError("model.backbone_cache_gb needs a frozen backbone (model.mode=frozen): end to end, "
+                                 "the backbone's outputs change at every step")
             self.model = HIPEquiformerV2(**model)
             if backbone_ckpt:
                 load_backbone_weights(self.model, backbone_ckpt, trusted=backbone_trusted)

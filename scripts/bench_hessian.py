@@ -1,51 +1,59 @@
 #!/usr/bin/env python
 """Speed and memory of HIP Hessians against autodiff and finite differences (paper Fig. 2 and 8).
 
-For the paper-size HIP-EquiformerV2 (Table 4 defaults, random weights, eval mode) this measures, per
-molecule size N (single molecule) and per batch size B (HORM-sized molecules), the wall time and peak
-memory of
+For HIP-EquiformerV2 (paper size by default: Table 4, random weights, eval mode) this measures, per
+molecule size N (single molecule) and per batch size B (HORM molecules), the time and peak memory of
 
 * ``forward``: energy and forces only, ``model(batch, hessian=False)``;
 * ``hip``: energy, forces and the predicted Hessian, ``model(batch)``;
-* ``ad_vec`` / ``ad_loop``: the autodiff Hessian −∂F/∂x of the same model's forces, rows seeded in
-  chunks of ``--ad-chunk`` with ``is_grads_batched`` / one backward pass per row
-  (:func:`hip.model.autodiff.autodiff_hessian`, ``vectorized=True/False``);
+* ``ad_loop`` / ``ad_vec``: the autodiff Hessian −∂F/∂x of the same model's forces, one backward
+  pass per row / ``is_grads_batched`` chunks of ``--ad-chunk`` rows
+  (:func:`hip.model.autodiff.autodiff_hessian`); "AD" in the ratios is the variant that
+  ``autodiff_hessian`` picks by default on the device (:func:`hip.model.autodiff.prefers_vectorized`);
 * ``fd``: central finite differences of the forces, two force evaluations per row
   (:func:`hip.model.autodiff.finite_difference_hessian`).
 
-``forward``, ``hip`` and ``fd`` run under ``torch.inference_mode``.
+``forward`` and ``hip`` run on both code paths of the same weights: ``eager``, fairchem's own
+forwards (the implementation before the fast paths), and ``fast``, the default
+(:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.set_fast_paths`). AD and FD run on the fast path
+only, so every AD/HIP and FD/HIP ratio compares each method at its best. All run under
+``torch.inference_mode`` except AD.
 
 Molecules: single molecules of N = 8…21 atoms are HORM sample molecules (``--horm``, first entry of
 that size); other N are built from ASE G2 molecules (H, C, N, O only) on a cubic grid, bounding
 spheres 4 Å apart. Batches of B take the first B HORM sample molecules (cycled past 100).
 
-Timing. Wall clock (``time.perf_counter``; on CUDA after ``torch.cuda.synchronize()``) and process
-CPU time (``time.process_time``). ``forward`` and ``hip`` are warmed up once per case and then timed
-``--repeats`` times, interleaved and in alternating order; the tables give medians. On a shared CPU
-the process CPU time with one intra-op thread is far less sensitive to other jobs than wall time, so
-both are reported. The AD and FD Hessians cost one backward pass (two forward passes for FD) per row
-of the Hessian, 3·max N_b rows, each the same computation: :mod:`hip.model.autodiff` is run with
-``max_rows`` set to as many rows as fit in ``--row-budget`` seconds, its set-up (the forward pass) is
-timed on its own, and the time of the remaining rows is extrapolated from the mean time per row
-(``rows timed/rows total`` in the tables, ``estimated`` in the CSV; ``--row-budget 0`` times every row).
+Timing. One torch thread on a CPU (``--threads``). ``forward`` and ``hip`` of both paths are warmed
+up once per case, then timed ``--repeats`` times, the four calls interleaved in alternating order so
+that load from other jobs falls on all of them alike; the tables give medians
+(``torch.utils.benchmark`` ``Measurement`` and ``Compare``). The clock (``--clock``) is the process
+CPU time by default on a CPU, which other jobs on a shared machine inflate far less than wall time,
+and wall time on CUDA (after ``torch.cuda.synchronize()``). The AD and FD Hessians cost one backward
+pass (two forward passes for FD) per row, 3·max N_b rows of the same computation:
+:mod:`hip.model.autodiff` is run with ``max_rows`` set to as many rows as fit in ``--row-budget``
+seconds, its set-up (the forward pass) is timed on its own, and the time of the remaining rows is
+extrapolated from the mean time per row (``rows timed/rows total``; ``--row-budget 0`` times all).
 
 Peak memory. CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
 the memory allocated before the call (model weights and inputs excluded). CPU: the peak of the live
 bytes that torch's CPU allocator hands out during the call, from the allocation and free events of
 ``torch.profiler`` (``profile_memory=True``) summed in time order: the CPU counterpart of
-``max_memory_allocated``. As a cross-check the CSV also holds the rise of the process's peak resident
-set size (Linux VmHWM, reset through ``/proc/self/clear_refs`` after ``malloc_trim``), which counts
-pages rather than tensors. Memory is measured in a separate, untimed run; AD and FD run only their
-first chunk/row there, since every further row reuses the same working set.
+``max_memory_allocated``. The CSV also holds the rise of the process's peak resident set size
+(Linux VmHWM, reset through ``/proc/self/clear_refs`` after ``malloc_trim``). Memory is measured in a
+separate, untimed run; AD and FD run only their first chunk/row there, since every further row
+reuses the same working set.
 
 Examples:
   python scripts/bench_hessian.py                       # about 10 min on 2 CPU cores
   python scripts/bench_hessian.py --quick               # smoke run, about 1 min
+  python scripts/bench_hessian.py --sizes 14 --batch-sizes 32 --repeats 5 --no-expensive
+  python scripts/bench_hessian.py --model-kwargs '{"num_layers_hessian": 1}'   # the end-to-end model
   python scripts/bench_hessian.py --device cuda --batch-sizes 1,2,4,8,16,32,64,128 --row-budget 0
-  python scripts/bench_hessian.py --sizes 14 --batch-sizes 32 --repeats 5 --row-budget 60
+  python scripts/bench_hessian.py --profile             # where the time goes, fast path
+  python scripts/bench_hessian.py --profile --eager     # the same for fairchem's forwards
 
-Outputs (``--output``, default ``logs/bench_hessian/``): ``bench_hessian.csv`` (one row per case and
-method) and ``bench_hessian.png`` (a: time vs N, b: peak memory vs N, c: time vs batch size).
+Outputs (``--output``, default ``logs/bench_hessian/``): ``bench_hessian.csv`` (one row per case,
+method and path) and ``bench_hessian.png`` (a: time vs N, b: peak memory vs N, c: time vs batch size).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import csv
 import ctypes
 import gc
 import itertools
+import json
 import math
 import platform
 import statistics
@@ -67,13 +76,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils import benchmark
+from torch.utils.benchmark.utils.common import TaskSpec
 
 from hip.data import HormDataset
 from hip.data.graphs import collate_molecules
-from hip.model.autodiff import autodiff_hessian, finite_difference_hessian
+from hip.model.autodiff import autodiff_hessian, finite_difference_hessian, prefers_vectorized
 from hip.model.hip_equiformer import HIPEquiformerV2
 
 HORM_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "horm" / "sample_100.lmdb"
+PATHS = ("eager", "fast")
 METHODS = ("forward", "hip", "ad_vec", "ad_loop", "fd")
 LABELS = {"forward": "Forward (E, F)", "hip": "HIP (E, F, H)", "ad_vec": "AD (vectorised)",
           "ad_loop": "AD (loop)", "fd": "Finite differences"}
@@ -132,16 +144,18 @@ def single_molecule(natoms: int, horm: list) -> tuple[tuple[torch.Tensor, torch.
 
 # ---- clocks and memory ----------------------------------------------------------------------------
 
-class Clock:
-    """Wall and process CPU time; synchronises CUDA before every reading."""
+def make_clock(kind: str, device: torch.device) -> Callable[[], float]:
+    """Seconds of process CPU time (``"cpu"``) or wall time (``"wall"``, after a CUDA synchronise)."""
+    if kind == "cpu":
+        if device.type == "cuda":
+            raise ValueError("--clock cpu does not measure GPU work: use --clock wall with --device cuda")
+        return time.process_time
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def now(self) -> tuple[float, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter(), time.process_time()
+    def wall() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return wall
 
 
 def _libc():
@@ -208,15 +222,14 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> tuple[flo
 
 @dataclass
 class RowTiming:
-    """Time of a row-by-row Hessian: setup (the forward pass), rows done, and the extrapolation."""
+    """Time of a row-by-row Hessian, setup (the forward pass) included, and the rows it is based on."""
 
-    wall: float
-    cpu: float
+    seconds: float
     rows_timed: int
     rows_total: int
 
 
-def row_timing(clock: Clock, compute: Callable[[int], object], n_rows: int, step: int,
+def row_timing(clock: Callable[[], float], compute: Callable[[int], object], n_rows: int, step: int,
                budget: float | None) -> RowTiming:
     """Time a row-by-row Hessian of the library, extrapolating the rows that do not fit in ``budget`` s.
 
@@ -224,27 +237,22 @@ def row_timing(clock: Clock, compute: Callable[[int], object], n_rows: int, step
     ``max_rows=k``. The set-up (``k = 0``: the forward pass) is timed on its own; the cost per row
     comes from the first ``step`` rows, then from as many rows as fit in the budget.
     """
-    def timed(k: int) -> tuple[float, float]:
-        w0, c0 = clock.now()
+    def timed(k: int) -> float:
+        start = clock()
         compute(k)
-        w1, c1 = clock.now()
-        return w1 - w0, c1 - c0
+        return clock() - start
 
     if budget is None:
-        wall, cpu = timed(n_rows)
-        return RowTiming(wall, cpu, n_rows, n_rows)
+        return RowTiming(timed(n_rows), n_rows, n_rows)
     setup = timed(0)
     done = min(step, n_rows)
     run = timed(done)
-    per_row = max(run[0] - setup[0], 1e-9) / done
+    per_row = max(run - setup, 1e-9) / done
     fit = min(n_rows, max(done, int(budget / per_row) // step * step))
     if fit > done:
         done, run = fit, timed(fit)
-    scale = n_rows / done
-    return RowTiming(setup[0] + (run[0] - setup[0]) * scale, setup[1] + (run[1] - setup[1]) * scale, done, n_rows)
+    return RowTiming(setup + (run - setup) * n_rows / done, done, n_rows)
 
-
-# ---- benchmark ------------------------------------------------------------------------------------
 
 @dataclass
 class Result:
@@ -255,8 +263,8 @@ class Result:
     edges: int
     hessian_edges: int
     method: str
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
+    path: str  # "eager" or "fast"
+    times: list[float] = field(default_factory=list)
     rows_timed: int = 0
     rows_total: int = 0
     peak_mib: float = math.nan
@@ -264,38 +272,55 @@ class Result:
     source: str = ""
 
     @property
-    def wall_s(self) -> float:
-        return statistics.median(self.wall) if self.wall else math.nan
+    def case(self) -> str:
+        return f"{self.experiment} N={self.natoms}" if self.experiment == "single" else \
+            f"batch B={self.batch_size} (max N={self.natoms})"
 
     @property
-    def cpu_s(self) -> float:
-        return statistics.median(self.cpu) if self.cpu else math.nan
+    def seconds(self) -> float:
+        """Median time, s."""
+        return statistics.median(self.times) if self.times else math.nan
 
     @property
     def estimated(self) -> bool:
         return self.rows_timed < self.rows_total
 
+    def measurement(self, clock: str) -> benchmark.Measurement:
+        """The repeats as a ``torch.utils.benchmark`` measurement (for ``Compare``)."""
+        task = TaskSpec(stmt=f"{self.method} ({self.path})", setup="", label=f"time [{clock}]",
+                        sub_label=self.case, description=f"{self.method} {self.path}",
+                        num_threads=torch.get_num_threads())
+        return benchmark.Measurement(number_per_run=1, raw_times=self.times, task_spec=task)
 
-def bench_case(model, batch, methods: list[str], args, clock: Clock, device, **info) -> list[Result]:
-    """Time and measure the memory of ``methods`` on one batch."""
-    results = {m: Result(method=m, edges=batch.edge_index.shape[1],
-                         hessian_edges=batch.edge_index_hessian.shape[1], **info) for m in methods}
-    cheap = [m for m in methods if m in ("forward", "hip")]
-    calls = {"forward": lambda: model(batch, hessian=False), "hip": lambda: model(batch)}
+
+def bench_case(model: HIPEquiformerV2, batch, methods: list[str], args, clock: Callable[[], float],
+               device: torch.device, **info) -> list[Result]:
+    """Time and measure the memory of ``methods`` on one batch (forward and HIP on both paths)."""
+    def result(method: str, path: str) -> Result:
+        return Result(method=method, path=path, edges=batch.edge_index.shape[1],
+                      hessian_edges=batch.edge_index_hessian.shape[1], **info)
+
+    def call(method: str, path: str) -> Callable[[], object]:
+        model.set_fast_paths(path == "fast")
+        return lambda: model(batch, hessian=method == "hip")
+
+    cheap = [(m, p) for m in methods if m in ("forward", "hip") for p in PATHS]
+    results = {key: result(*key) for key in cheap}
     with torch.inference_mode():
-        model(batch)  # warm-up (runs the forward too)
-        for m in cheap:  # untimed memory runs
-            results[m].peak_mib, results[m].rss_peak_mib = peak_memory_mib(calls[m], device)
+        for key in cheap:  # warm-up, then an untimed memory run
+            call(*key)()
+            if not args.no_memory:
+                results[key].peak_mib, results[key].rss_peak_mib = peak_memory_mib(call(*key), device)
         start = time.perf_counter()
         for rep in range(args.repeats):
-            for m in cheap if rep % 2 == 0 else cheap[::-1]:
-                w0, c0 = clock.now()
-                calls[m]()
-                w1, c1 = clock.now()
-                results[m].wall.append(w1 - w0)
-                results[m].cpu.append(c1 - c0)
+            for key in cheap if rep % 2 == 0 else cheap[::-1]:
+                run = call(*key)
+                t0 = clock()
+                run()
+                results[key].times.append(clock() - t0)
             if time.perf_counter() - start > args.case_budget:
                 break
+    model.set_fast_paths(True)
     n_rows = 3 * int(batch.natoms.max())
 
     def compute(method: str) -> Callable[[int], object]:
@@ -303,30 +328,24 @@ def bench_case(model, batch, methods: list[str], args, clock: Clock, device, **i
             return lambda k: finite_difference_hessian(model, batch, max_rows=k)
         return lambda k: autodiff_hessian(model, batch, args.ad_chunk, vectorized=method == "ad_vec", max_rows=k)
 
-    def steps(method: str) -> int:
-        return args.ad_chunk if method == "ad_vec" else 1
-
-    def expensive(method: str, budget: float | None) -> RowTiming:
-        return row_timing(clock, compute(method), n_rows, steps(method), budget)
-
-    for m in methods:
-        if m in cheap:
+    for method in methods:
+        if method in ("forward", "hip"):
             continue
+        step = args.ad_chunk if method == "ad_vec" else 1
+        res = results[(method, "fast")] = result(method, "fast")
         for _ in range(args.expensive_repeats):
-            timing = expensive(m, args.row_budget or None)
-            results[m].wall.append(timing.wall)
-            results[m].cpu.append(timing.cpu)
-            results[m].rows_timed, results[m].rows_total = timing.rows_timed, timing.rows_total
-        # memory: the first chunk/row only; later ones reuse the same working set
-        results[m].peak_mib, results[m].rss_peak_mib = peak_memory_mib(
-            lambda m=m: compute(m)(steps(m)), device)
+            timing = row_timing(clock, compute(method), n_rows, step, args.row_budget or None)
+            res.times.append(timing.seconds)
+            res.rows_timed, res.rows_total = timing.rows_timed, timing.rows_total
+        if not args.no_memory:  # the first chunk/row only; later ones reuse the same working set
+            res.peak_mib, res.rss_peak_mib = peak_memory_mib(lambda m=method, s=step: compute(m)(s), device)
     return list(results.values())
 
 
 def methods_for(experiment: str, natoms: int, batch_size: int, args) -> list[str]:
     """The methods run on a case: forward and HIP always, AD and FD within the caps of ``args``."""
     methods = ["forward", "hip"]
-    if natoms > args.expensive_max_atoms or batch_size > args.expensive_max_batch:
+    if args.no_expensive or natoms > args.expensive_max_atoms or batch_size > args.expensive_max_batch:
         return methods
     if natoms <= args.ad_vec_max_atoms if experiment == "single" else batch_size <= args.ad_vec_max_batch:
         methods.append("ad_vec")
@@ -335,12 +354,14 @@ def methods_for(experiment: str, natoms: int, batch_size: int, args) -> list[str
     return [*methods, "fd"]
 
 
+@contextlib.contextmanager
 def labelled_stages(model: HIPEquiformerV2):
     """Within the block, profiler ranges name the model's stages (top-level modules, each layer, and
     the readout's own functions), so that ``key_averages()`` gives each stage's inclusive time."""
     import fairchem.core.models.equiformer_v2.so3 as so3
     from torch.profiler import record_function
 
+    import hip.model.fast_layers as fast_layers
     import hip.model.hip_equiformer as hip_module
 
     modules = {f"blocks.{i}": m for i, m in enumerate(model.blocks)}
@@ -365,6 +386,7 @@ def labelled_stages(model: HIPEquiformerV2):
 
     patched = [(hip_module, f, getattr(hip_module, f)) for f in
                ("edge_geometry", "init_edge_rot_mat", "project_l2", "irreps_to_blocks", "assemble_hessian")]
+    patched += [(fast_layers, f, getattr(fast_layers, f)) for f in ("grid_map", "so2_convolution", "m_primary_wigner")]
     patched.append((so3.SO3_Rotation, "set_wigner", so3.SO3_Rotation.set_wigner))
     for owner, attr, fn in patched:
         setattr(owner, attr, labelled(fn, attr))
@@ -427,77 +449,73 @@ def profile_hip(model: HIPEquiformerV2, batches: dict[str, object], repeats: int
 def _fmt_time(seconds: float) -> str:
     if seconds != seconds:
         return "–"
-    return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
-def _ratio(a: Result | None, b: Result | None, attr: str = "wall_s") -> str:
+def _ratio(a: Result | None, b: Result | None) -> str:
     if a is None or b is None:
         return "–"
-    value = getattr(a, attr) / getattr(b, attr)
+    value = a.seconds / b.seconds
     return ("~" if a.estimated or b.estimated else "") + (f"{value:.2f}" if value < 10 else f"{value:.0f}")
 
 
-def print_tables(results: list[Result], header: str) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text
-        Console = Table = None
+def _memories(*results: Result | None) -> str:
+    return "/".join("–" if r is None else f"{r.peak_mib:.0f}" for r in results)
 
-    def emit(title, columns, rows):
-        if Table is not None:
-            table = Table(title=title)
-            for c in columns:
-                table.add_column(c, justify="right")
-            for row in rows:
-                table.add_row(*row)
-            Console(width=200).print(table)
-        else:
-            widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-            print(f"\n{title}")
-            for row in [columns, *rows]:
-                print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
+def _memory_ratio(a: Result | None, b: Result | None) -> str:
+    return "–" if a is None or b is None else f"{a.peak_mib / b.peak_mib:.2f}"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    for row in [columns, *rows]:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def print_tables(results: list[Result], header: str, clock: str, device: torch.device) -> None:
+    """Medians of forward and HIP (``torch.utils.benchmark.Compare``), then AD/FD times and ratios."""
     print(header)
-    columns = ["exp", "N", "B", "atoms", "edges", "H-edges", "method", "wall", "wall/mol", "cpu", "repeats",
-               "rows timed", "peak MiB", "RSS MiB"]
-    rows = []
-    for r in results:
-        rows.append([r.experiment, str(r.natoms), str(r.batch_size), str(r.total_atoms), str(r.edges),
-                     str(r.hessian_edges), r.method, _fmt_time(r.wall_s), _fmt_time(r.wall_s / r.batch_size),
-                     _fmt_time(r.cpu_s), str(len(r.wall)), f"{r.rows_timed}/{r.rows_total}" if r.rows_total else "–",
-                     f"{r.peak_mib:.0f}", f"{r.rss_peak_mib:.0f}"])
-    emit("Time (median) and peak memory; '~': AD/FD rows extrapolated", columns, rows)
+    compare = benchmark.Compare([r.measurement(clock) for r in results if r.method in ("forward", "hip")])
+    compare.print()
 
-    columns = ["exp", "N", "B", "HIP/fwd", "HIP/fwd cpu", "ADvec/HIP", "ADloop/HIP", "FD/HIP",
-               "ADvec/HIP cpu", "ADloop/HIP cpu", "FD/HIP cpu", "mem HIP/fwd", "mem ADvec/HIP", "mem FD/HIP"]
-    rows = []
-    cases = {}
+    ad = "ad_vec" if prefers_vectorized(device) else "ad_loop"
+    cases: dict[str, dict[tuple[str, str], Result]] = {}
     for r in results:
-        cases.setdefault((r.experiment, r.natoms, r.batch_size), {})[r.method] = r
-    for (exp, n, b), by in cases.items():
-        hip = by.get("hip")
-
-        def mem(a, b):
-            return "–" if a is None or b is None else f"{a.peak_mib / b.peak_mib:.2f}"
-        rows.append([exp, str(n), str(b), _ratio(hip, by.get("forward")), _ratio(hip, by.get("forward"), "cpu_s"),
-                     _ratio(by.get("ad_vec"), hip), _ratio(by.get("ad_loop"), hip), _ratio(by.get("fd"), hip),
-                     _ratio(by.get("ad_vec"), hip, "cpu_s"), _ratio(by.get("ad_loop"), hip, "cpu_s"),
-                     _ratio(by.get("fd"), hip, "cpu_s"), mem(hip, by.get("forward")), mem(by.get("ad_vec"), hip),
-                     mem(by.get("fd"), hip)])
-    emit("Ratios of median times (wall unless 'cpu') and peak memory; '~': involves extrapolated rows",
-         columns, rows)
-    print("Notes: wall = median wall time of the repeats, cpu = median process CPU time; AD/FD times with "
-          "rows timed < rows total are setup + measured time per row × all rows. Peak MiB: CUDA "
-          "max_memory_allocated / CPU allocator peak from torch.profiler memory events, above what was "
-          "allocated before the call; RSS MiB: rise of the peak resident set size (Linux VmHWM). "
-          "'–': method not run for this case (caps: --expensive-max-*, --ad-*-max-*).")
+        cases.setdefault(r.case, {})[(r.method, r.path)] = r
+    columns = ["case", "HIP fast", "per molecule", "fwd eager/fast", "HIP eager/fast", "HIP/fwd (fast)",
+               f"AD/HIP ({ad})", "ADloop/HIP", "ADvec/HIP", "FD/HIP", "AD rows timed", "peak MiB fwd/HIP eager",
+               "peak MiB fwd/HIP/AD fast", "mem HIP/fwd"]
+    rows = []
+    for case, by in cases.items():
+        hip, fwd = by.get(("hip", "fast")), by.get(("forward", "fast"))
+        chosen = by.get((ad, "fast"))
+        rows.append([
+            case, _fmt_time(hip.seconds), _fmt_time(hip.seconds / hip.batch_size),
+            _ratio(by.get(("forward", "eager")), fwd), _ratio(by.get(("hip", "eager")), hip), _ratio(hip, fwd),
+            _ratio(chosen, hip), _ratio(by.get(("ad_loop", "fast")), hip), _ratio(by.get(("ad_vec", "fast")), hip),
+            _ratio(by.get(("fd", "fast")), hip),
+            f"{chosen.rows_timed}/{chosen.rows_total}" if chosen else "–",
+            _memories(by.get(("forward", "eager")), by.get(("hip", "eager"))), _memories(fwd, hip, chosen),
+            _memory_ratio(hip, fwd)])
+    print_table(f"Ratios of median times [{clock}] ('~': AD/FD rows extrapolated; AD/FD on the fast path)",
+                columns, rows)
+    expensive = [r for r in results if r.method not in ("forward", "hip")]
+    if expensive:
+        print_table("AD and FD Hessians (fast path)", ["case", "method", "time", "rows timed", "peak MiB"],
+                    [[r.case, r.method, ("~" if r.estimated else "") + _fmt_time(r.seconds),
+                      f"{r.rows_timed}/{r.rows_total}", f"{r.peak_mib:.0f}"] for r in expensive])
+    print("Notes: eager = fairchem's own forwards (HIPEquiformerV2.set_fast_paths(False)), fast = the default. "
+          "AD/FD times with rows timed < rows total are setup + measured time per row × all rows. Peak MiB: "
+          "CUDA max_memory_allocated / CPU allocator peak from torch.profiler memory events, above what was "
+          "allocated before the call. '–': not run (caps: --expensive-max-*, --ad-*-max-*, --no-expensive).")
 
 
 def write_csv(results: list[Result], path: Path, meta: dict) -> None:
-    fields = ["experiment", "natoms", "batch_size", "total_atoms", "edges", "hessian_edges", "method",
-              "wall_s", "wall_s_per_molecule", "cpu_s", "wall_s_all", "cpu_s_all", "repeats", "rows_timed",
-              "rows_total", "estimated", "peak_mib", "rss_peak_mib", "source", *meta]
+    fields = ["experiment", "natoms", "batch_size", "total_atoms", "edges", "hessian_edges", "method", "path",
+              "seconds", "seconds_per_molecule", "seconds_all", "repeats", "rows_timed", "rows_total", "estimated",
+              "peak_mib", "rss_peak_mib", "source", *meta]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -505,10 +523,9 @@ def write_csv(results: list[Result], path: Path, meta: dict) -> None:
             writer.writerow({
                 "experiment": r.experiment, "natoms": r.natoms, "batch_size": r.batch_size,
                 "total_atoms": r.total_atoms, "edges": r.edges, "hessian_edges": r.hessian_edges,
-                "method": r.method, "wall_s": f"{r.wall_s:.6g}",
-                "wall_s_per_molecule": f"{r.wall_s / r.batch_size:.6g}",
-                "cpu_s": f"{r.cpu_s:.6g}", "wall_s_all": ";".join(f"{x:.6g}" for x in r.wall),
-                "cpu_s_all": ";".join(f"{x:.6g}" for x in r.cpu), "repeats": len(r.wall),
+                "method": r.method, "path": r.path, "seconds": f"{r.seconds:.6g}",
+                "seconds_per_molecule": f"{r.seconds / r.batch_size:.6g}",
+                "seconds_all": ";".join(f"{x:.6g}" for x in r.times), "repeats": len(r.times),
                 "rows_timed": r.rows_timed, "rows_total": r.rows_total, "estimated": int(r.estimated),
                 "peak_mib": f"{r.peak_mib:.4g}", "rss_peak_mib": f"{r.rss_peak_mib:.4g}", "source": r.source,
                 **meta})
@@ -521,24 +538,24 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"forward": ("tab:gray", "--", "s"), "hip": ("tab:orange", "-", "o"), "ad_vec": ("tab:blue", "-", "^"),
-             "ad_loop": ("tab:cyan", "-", "v"), "fd": ("tab:green", ":", "D")}
+    style = {"forward": ("tab:gray", "s"), "hip": ("tab:orange", "o"), "ad_vec": ("tab:blue", "^"),
+             "ad_loop": ("tab:cyan", "v"), "fd": ("tab:green", "D")}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    panels = [(axes[0], "single", "natoms", lambda r: r.wall_s * 1e3, "a  Time (single molecule)",
+    panels = [(axes[0], "single", "natoms", lambda r: r.seconds * 1e3, "a  Time (single molecule)",
                "atoms N", "time (ms)"),
               (axes[1], "single", "natoms", lambda r: r.peak_mib, "b  Peak memory (single molecule)",
                "atoms N", "peak memory (MiB)"),
-              (axes[2], "batch", "batch_size", lambda r: r.wall_s * 1e3, "c  Time (batch of HORM molecules)",
+              (axes[2], "batch", "batch_size", lambda r: r.seconds * 1e3, "c  Time (batch of HORM molecules)",
                "batch size", "time per batch (ms)")]
     for ax, exp, xkey, y, panel_title, xlabel, ylabel in panels:
-        for m in METHODS:
+        for m, p in itertools.product(METHODS, PATHS):
             pts = sorted((getattr(r, xkey), y(r), r.estimated) for r in results
-                         if r.experiment == exp and r.method == m and y(r) == y(r))
+                         if r.experiment == exp and r.method == m and r.path == p and y(r) == y(r))
             if not pts:
                 continue
-            color, line, marker = style[m]
+            color, marker = style[m]
             xs, ys, _ = zip(*pts, strict=True)
-            ax.plot(xs, ys, line, color=color, label=LABELS[m])
+            ax.plot(xs, ys, "-" if p == "fast" else ":", color=color, label=f"{LABELS[m]}, {p}")
             for x_, y_, e in pts:
                 ax.plot(x_, y_, marker, color=color, mfc="white" if e else color)
         ax.set_yscale("log")
@@ -551,8 +568,8 @@ def plot(results: list[Result], path: Path, title: str) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title + "   (hollow: AD/FD rows partly extrapolated)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title + "   (dotted: eager path; hollow: AD/FD rows partly extrapolated)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -568,16 +585,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--model-kwargs", type=json.loads, default={},
+                   help="JSON overrides of the HIPEquiformerV2 arguments (default: paper size, 3 Hessian layers)")
     p.add_argument("--sizes", type=_ints, default=[8, 14, 21, 30, 45, 60],
                    help="single-molecule atom counts (8..21: HORM sample; others: G2 composites)")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32],
                    help="batch sizes of HORM sample molecules ('' skips the batched experiment)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats of forward and HIP per case")
-    p.add_argument("--case-budget", type=float, default=20.0,
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of forward and HIP per case and path")
+    p.add_argument("--case-budget", type=float, default=40.0,
                    help="stop repeating forward/HIP of a case after this many seconds (≥ 1 repeat)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                   help="process CPU time or wall time (default: cpu on a CPU, wall on CUDA)")
     p.add_argument("--row-budget", type=float, default=5.0,
                    help="seconds of AD/FD rows timed per case before extrapolating (0: time every row)")
     p.add_argument("--expensive-repeats", type=int, default=1, help="timed repeats of AD and FD per case")
+    p.add_argument("--no-expensive", action="store_true", help="forward and HIP only (no AD, no FD)")
+    p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory runs")
     p.add_argument("--expensive-max-atoms", type=int, default=60, help="AD/FD only for single molecules ≤ this")
     p.add_argument("--expensive-max-batch", type=int, default=8, help="AD/FD only for batches ≤ this")
     p.add_argument("--ad-loop-max-atoms", type=int, default=60, help="AD loop variant only up to this N")
@@ -587,13 +610,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ad-vec-max-batch", type=int, default=1, help="vectorised AD only for batches ≤ this")
     p.add_argument("--ad-chunk", type=int, default=16, help="rows per vectorised AD chunk (library default)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: 1 on CPU, see the notes printed; torch's on CUDA)")
+                   help="torch intra-op threads (default: 1 on CPU; torch's default on CUDA)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--horm", type=Path, default=HORM_SAMPLE, help="HORM shard with the test molecules")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true",
                    help="instead of the benchmark: torch.profiler of forward vs HIP on a HORM molecule of "
                         "--profile-natoms atoms and on a batch of --profile-batch HORM molecules")
+    p.add_argument("--eager", action="store_true", help="--profile the eager path instead of the fast one")
     p.add_argument("--profile-natoms", type=int, default=14)
     p.add_argument("--profile-batch", type=int, default=32)
     p.add_argument("--output", type=Path, default=Path("logs/bench_hessian"))
@@ -608,22 +632,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     device = torch.device(args.device)
+    clock_kind = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    clock = make_clock(clock_kind, device)
     torch.set_default_dtype(getattr(torch, args.dtype))
     if args.threads is not None or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
     torch.manual_seed(args.seed)
-    model = HIPEquiformerV2().to(device).eval()
+    model = HIPEquiformerV2(**args.model_kwargs).to(device).eval()
     builder = model.graph_builder()
     horm = read_horm(args.horm)
-    clock = Clock(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    header = (f"HIP-EquiformerV2, paper size ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-              f"parameters, random weights), {args.dtype}, device {device} ({name}), "
-              f"{torch.get_num_threads()} intra-op thread(s), torch {torch.__version__}")
+    header = (f"HIP-EquiformerV2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+              f"{model.config['num_layers_hessian']} Hessian layer(s), random weights), {args.dtype}, device "
+              f"{device} ({name}), {torch.get_num_threads()} intra-op thread(s), torch {torch.__version__}, "
+              f"clock: {clock_kind}")
     print(header, flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
 
     if args.profile:
+        model.set_fast_paths(not args.eager)
+        print(f"path: {'eager' if args.eager else 'fast'}")
         batches = {f"single N={args.profile_natoms}": [single_molecule(args.profile_natoms, horm)[0]],
                    f"batch B={args.profile_batch}": [horm[i % len(horm)] for i in range(args.profile_batch)]}
         profile_hip(model, {k: collate_molecules(v, builder).to(device) for k, v in batches.items()},
@@ -647,11 +675,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         print(f"[{time.perf_counter() - t_start:6.0f} s] batch B={b} (max N={n}): {', '.join(methods)}", flush=True)
         results += bench_case(model, batch, methods, args, clock, device, experiment="batch", natoms=n,
                               batch_size=b, total_atoms=int(batch.natoms.sum()), source=f"HORM #0..{b - 1}")
-    elapsed = time.perf_counter() - t_start
-    print(f"benchmark time {elapsed:.0f} s; command: {' '.join(sys.argv)}\n")
-    print_tables(results, header)
+    print(f"benchmark time {time.perf_counter() - t_start:.0f} s; command: {' '.join(sys.argv)}\n")
+    print_tables(results, header, clock_kind, device)
     meta = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(), "dtype": args.dtype,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "clock": clock_kind,
+            "num_layers_hessian": model.config["num_layers_hessian"]}
     write_csv(results, args.output / "bench_hessian.csv", meta)
     plot(results, args.output / "bench_hessian.png", header)
     print(f"\nwrote {args.output / 'bench_hessian.csv'} and {args.output / 'bench_hessian.png'}")

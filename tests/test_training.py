@@ -103,3 +103,22 @@ def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for job, loss in (("0", "loss=mae"), ("1", "loss=mse")):
         assert loss in (tmp_path / job / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_backbone_cache_is_a_frozen_mode_switch(tmp_path, horm_sample_path):
+    """model.backbone_cache_gb caches the frozen backbone's outputs: a second pass over the same molecules
+    gives the same loss without running the backbone; end to end it is refused."""
+    backbone = str(save_tiny_backbone(tmp_path / "backbone.ckpt"))
+    module = HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=backbone, backbone_cache_gb=0.1)
+    data = HormDataModule(horm_sample_path, batch_size=2, train_indices=[0, 1], cutoff=12.0, max_neighbors=32,
+                          cutoff_hessian=12.0)
+    batch = next(iter(data.train_dataloader()))
+    first = module._step(batch, "val")
+    def not_again(*args, **kwargs):
+        raise AssertionError("the cached backbone ran again")
+
+    for block in module.model.blocks:
+        block.forward = not_again
+    assert torch.equal(module._step(batch, "val"), first)
+    with pytest.raises(ValueError, match="backbone_cache_gb needs a frozen backbone"):
+        HIPModule(model=TINY_MODEL, mode="e2e", backbone_cache_gb=0.1)

@@ -48,8 +48,24 @@ def _row_count(batch, max_rows: int | None) -> int:
     return n_rows if max_rows is None else min(max_rows, n_rows)
 
 
+def prefers_vectorized(device: torch.device) -> bool:
+    """Whether batched-gradient AD beats the row loop on ``device`` (the default of :func:`autodiff_hessian`).
+
+    On a CPU the loop wins: on the 2-core development CPU (paper-size model, N = 14, one thread)
+    the loop took 15.9 s and 233 MiB against 25.4 s and 464 MiB for ``is_grads_batched`` chunks of
+    16 rows (``scripts/bench_hessian.py``, fast path; 10.2 s vs 21.1 s on fairchem's forwards). On a
+    GPU one batched backward pass per chunk replaces 16 launch-bound ones; this choice is not
+    measured yet (no GPU was available to this project): ``scripts/bench_hessian.py --device cuda``
+    prints both.
+
+    Args:
+        device: where the model runs.
+    """
+    return torch.device(device).type != "cpu"
+
+
 def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
-                     vectorized: bool = True, max_rows: int | None = None) -> torch.Tensor:
+                     vectorized: bool | None = None, max_rows: int | None = None) -> torch.Tensor:
     """Hessian as −∂F/∂x of the model's direct forces (paper Table 1, "AD").
 
     Args:
@@ -57,7 +73,8 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
             ``model(batch, hessian=False)["forces"]`` is [N, 3] eV/Å).
         batch: collated molecules.
         chunk_size: rows per batched backward pass (bounds memory); ``None``: all at once.
-        vectorized: batched gradients (``is_grads_batched``); ``False`` loops over rows.
+        vectorized: batched gradients (``is_grads_batched``), ``False`` loops over rows; ``None``
+            (default) takes the faster one for the batch's device (:func:`prefers_vectorized`).
         max_rows: compute only rows r < ``max_rows`` of every molecule, leaving the others zero
             (benchmarks extrapolate the cost of the rest from them).
 
@@ -67,6 +84,8 @@ def autodiff_hessian(model: torch.nn.Module, batch, chunk_size: int | None = 16,
         the HIP authors' code, fairchem's edge frames are constants for autograd (it detaches
         them), so this is the derivative at fixed frames (see :func:`finite_difference_hessian`).
     """
+    if vectorized is None:
+        vectorized = prefers_vectorized(batch.pos.device)
     batch = batch.clone()
     batch.pos = batch.pos.detach().requires_grad_(True)
     with torch.enable_grad():

@@ -23,7 +23,8 @@ import torch
 from e3nn import o3
 from einops import einsum
 from fairchem.core.models.equiformer_v2.so3 import SO3_Embedding, SO3_LinearV2
-from fairchem.core.models.equiformer_v2.transformer_block import SO2EquivariantGraphAttention
+
+from hip.model.fast_layers import FastSO2Attention
 
 #: Number of spherical-harmonic coefficients with l ≤ 2.
 NUM_L2_COEFFICIENTS = 9
@@ -51,14 +52,17 @@ def irreps_to_blocks(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.T
     return einsum(coefficients, basis, "k c, c a b -> k a b")
 
 
-class SO2EdgeMessages(SO2EquivariantGraphAttention):
+class SO2EdgeMessages(FastSO2Attention):
     """fairchem's SO(2) graph attention, returning per-edge messages instead of aggregating them.
 
-    The parameters (and so the state-dict names) are fairchem's. :meth:`forward` runs the same steps
-    as the parent's ``forward`` up to the second SO(2) convolution and then rotates the messages back
-    to the global frame; it stops before the attention softmax, the sum over incoming edges and
-    ``proj``, which the Hessian readout does not use (reference README §1, §3: the authors'
-    ``hessian_no_attn_weights=True``). The parent cannot return messages, hence this subclass.
+    The parameters (and so the state-dict names) are fairchem's. The reference path (``fast =
+    False``) runs the same steps as the parent's ``forward`` up to the second SO(2) convolution and
+    then rotates the messages back to the global frame; it stops before the attention softmax, the
+    sum over incoming edges and ``proj``, which the Hessian readout does not use (reference README
+    §1, §3: the authors' ``hessian_no_attn_weights=True``). The parent cannot return messages, hence
+    this subclass. The fast path (default) computes only what the readout reads: no attention-logit
+    channels, and only the l ≤ 2 coefficients of the second convolution and of the rotation back
+    (the Wigner matrices are block-diagonal in l, so these do not depend on l > 2).
     """
 
     def forward(self, x: SO3_Embedding, atomic_numbers: torch.Tensor, edge_distance: torch.Tensor,
@@ -73,8 +77,14 @@ class SO2EdgeMessages(SO2EquivariantGraphAttention):
                 ``self.SO3_rotation``.
 
         Returns:
-            [E, (lmax+1)², num_heads · attn_value_channels] messages in the global frame.
+            [E, K, num_heads · attn_value_channels] messages in the global frame; the first 9
+            coefficients (l ≤ 2) are those of the reference path. K = 9 on the fast path,
+            (lmax+1)² on the reference path.
         """
+        if self._fast_supported():
+            messages, _ = self.m_primary_messages(x, atomic_numbers, edge_distance, edge_index, out_lmax=2,
+                                                  attention=False)
+            return self.rotate_back(messages, out_lmax=2)
         source, target = edge_index
         x_edge = torch.cat((edge_distance, self.source_embedding(atomic_numbers[source]),
                             self.target_embedding(atomic_numbers[target])), dim=1)

@@ -27,6 +27,7 @@ from fairchem.core.models.scn.smearing import GaussianSmearing
 from torch import nn
 
 from hip.data.graphs import GraphBuilder
+from hip.model.fast_layers import set_fast_layers, use_fast_layers
 from hip.model.hessian_head import (
     SO2EdgeMessages,
     assemble_hessian,
@@ -66,6 +67,10 @@ class HIPEquiformerV2(EquiformerV2Backbone):
 
     ``forward(batch)`` takes a collated batch of :class:`hip.data.graphs.MoleculeGraph` and returns
     ``{"energy": [B] eV (the ``ae`` target), "forces": [N, 3] eV/Å, "hessian": [Σ 9N_b²] eV/Å²}``.
+
+    Speed: the fast paths (:meth:`set_fast_paths`, on by default) give fairchem's numbers to float32
+    rounding in less time; :meth:`cache_backbone` (opt-in) skips the frozen backbone for molecules
+    it has seen.
     """
 
     def __init__(
@@ -139,6 +144,20 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         init = partial(eqv2_init_weights, weight_init=weight_init)
         for name in ("energy_block", "force_block", *HESSIAN_MODULES):
             getattr(self, name).apply(init)
+        use_fast_layers(self)
+        self.set_fast_paths(True)
+        self.cache_backbone(None)
+
+    def set_fast_paths(self, enabled: bool = True) -> None:
+        """Use the fast paths (default) or the reference path, which runs fairchem's own forwards.
+
+        The fast paths (:mod:`hip.model.fast_layers`; the readout's l ≤ 2-only messages; reuse of
+        the backbone's Wigner matrices and radial basis when the Hessian graph is the backbone graph)
+        compute the same numbers as the reference path up to float rounding (measured ≤ 1e-6
+        relative in float32, ``tests/model/test_hip_equiformer.py``); they change no parameter.
+        """
+        set_fast_layers(self, enabled)
+        self.fast_paths = enabled
 
     def _attention_kwargs(self, so3_rotation: nn.ModuleList) -> dict:
         """Arguments shared by fairchem's graph-attention modules, on the graph of ``so3_rotation``."""
@@ -196,26 +215,113 @@ class HIPEquiformerV2(EquiformerV2Backbone):
 
         With :meth:`freeze_backbone`, the backbone and energy/force heads run without autograd.
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            embedding = super().forward(batch)
-            x, graph = embedding["node_embedding"], embedding["graph"]
-            out = self._energy_forces(x, graph, batch)
+        keys = self._cache_keys(batch)
+        cached = self._from_cache(keys) if keys is not None else None
+        graph = None
+        if cached is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+                embedding = super().forward(batch)
+                x, graph = embedding["node_embedding"], embedding["graph"]
+                energy_sum, forces = self._energy_forces(x, graph, batch)
+            if keys is not None:
+                self._store(keys, batch.natoms, x.embedding, energy_sum, forces)
+        else:
+            embedding, energy_sum, forces = cached
+            x = SO3_Embedding(0, self.lmax_list.copy(), self.sphere_channels, embedding.device, embedding.dtype)
+            x.set_embedding(embedding)
+        normalizer = batch.natoms.float().mean() if self.energy_normalizer == "batch_mean" else self.energy_normalizer
+        out = {"energy": energy_sum / normalizer, "forces": forces}
         if hessian:
-            out["hessian"] = self._hessian(x, batch)
+            out["hessian"] = self._hessian(x, batch, graph)
         return out
 
-    def _energy_forces(self, x: SO3_Embedding, graph: GraphData, batch) -> dict[str, torch.Tensor]:
+    def _energy_forces(self, x: SO3_Embedding, graph: GraphData, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ node energies per molecule [B] (before the normaliser) and forces [N, 3] eV/Å."""
         node_energy = self.energy_block(x).embedding[:, 0, 0]
-        energy = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
-        normalizer = batch.natoms.float().mean() if self.energy_normalizer == "batch_mean" else self.energy_normalizer
+        energy_sum = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
         forces = self.force_block(x, graph.atomic_numbers_full, graph.edge_distance, graph.edge_index)
-        return {"energy": energy / normalizer, "forces": forces.embedding[:, 1:4, 0]}
+        return energy_sum, forces.embedding[:, 1:4, 0]
 
-    def _hessian(self, x: SO3_Embedding, batch) -> torch.Tensor:
+    # ---- frozen-backbone cache (opt-in) ------------------------------------------------------
+    def cache_backbone(self, max_gb: float | None) -> None:
+        """Keep the frozen backbone's outputs for every molecule seen, up to ``max_gb`` GiB.
+
+        With a frozen backbone (:meth:`freeze_backbone`) a molecule's node features, energy and
+        forces never change, so training can compute them once per molecule instead of once per
+        epoch; only the Hessian readout then runs. Molecules are recognised by their atomic numbers
+        and positions, bit for bit, so any batch composition is served and training and validation
+        molecules never mix. Entries live on the model's device: (lmax+1)²·sphere_channels numbers
+        per atom (12.5 KiB for the paper-size model in float32, 175 KiB for a 14-atom molecule).
+        Molecules beyond the budget are recomputed at every pass. A cached molecule keeps the edge
+        frames' random roll of its first pass (outputs change by ~1e-7 relative). Passes that
+        differentiate with respect to positions (the AD baseline) bypass the cache. Load new weights
+        only with the cache off (``None``), which also empties it.
+
+        Args:
+            max_gb: budget in GiB; ``None`` switches the cache off.
+
+        Raises:
+            ValueError: the backbone is not frozen, or ``max_gb`` is not positive.
+        """
+        if max_gb is not None and not self.backbone_frozen:
+            raise ValueError("cache_backbone needs a frozen backbone (call freeze_backbone() first)")
+        if max_gb is not None and not max_gb > 0:
+            raise ValueError(f"cache_backbone: max_gb must be positive, got {max_gb!r}")
+        self._backbone_cache = None if max_gb is None else {}
+        self._backbone_cache_budget = 0 if max_gb is None else int(max_gb * 2**30)
+        self._backbone_cache_bytes = 0
+
+    def _cache_keys(self, batch) -> list[bytes] | None:
+        """One key per molecule (its atomic numbers and positions as bytes); None when not caching."""
+        if getattr(self, "_backbone_cache", None) is None or not self.backbone_frozen or batch.pos.requires_grad:
+            return None
+        sizes = batch.natoms.tolist()
+        z = batch.atomic_numbers.detach().cpu().split(sizes)
+        pos = batch.pos.detach().cpu().split(sizes)
+        return [zb.numpy().tobytes() + pb.numpy().tobytes() for zb, pb in zip(z, pos, strict=True)]
+
+    def _from_cache(self, keys: list[bytes]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(node features [N, (lmax+1)², C], Σ node energies [B], forces [N, 3]) if every molecule is cached."""
+        entries = [self._backbone_cache.get(key) for key in keys]
+        if any(entry is None for entry in entries):
+            return None
+        embedding, energy_sum, forces = zip(*entries, strict=True)
+        return torch.cat(embedding), torch.stack(energy_sum), torch.cat(forces)
+
+    def _store(self, keys: list[bytes], natoms: torch.Tensor, embedding: torch.Tensor, energy_sum: torch.Tensor,
+               forces: torch.Tensor) -> None:
+        sizes = natoms.tolist()
+        for key, x, energy, f in zip(keys, embedding.detach().split(sizes), energy_sum.detach(),
+                                     forces.detach().split(sizes), strict=True):
+            size = (x.numel() + f.numel() + 1) * x.element_size()
+            if key in self._backbone_cache or self._backbone_cache_bytes + size > self._backbone_cache_budget:
+                continue
+            self._backbone_cache[key] = (x.clone(), energy.clone(), f.clone())
+            self._backbone_cache_bytes += size
+
+    def _shares_backbone_graph(self, batch) -> bool:
+        """True when the Hessian graph has the backbone graph's edges (in order) and radial basis."""
+        edges, hessian_edges = batch.edge_index, batch.edge_index_hessian
+        basis, hessian_basis = self.distance_expansion, self.distance_expansion_hessian
+        return (edges.shape == hessian_edges.shape and basis.coeff == hessian_basis.coeff
+                and torch.equal(edges, hessian_edges) and torch.equal(basis.offset, hessian_basis.offset))
+
+    def _hessian(self, x: SO3_Embedding, batch, graph: GraphData | None) -> torch.Tensor:
+        """Flat Hessian from node features; ``graph``: the backbone's graph of this pass (None if cached)."""
         edge_index = batch.edge_index_hessian
-        vec, dist = edge_geometry(batch.pos, edge_index)
-        self.SO3_rotation_hessian[0].set_wigner(self._edge_frames("hessian", vec))
-        radial = self.distance_expansion_hessian(dist)
+        rotation = self.SO3_rotation_hessian[0]
+        if self.fast_paths and graph is not None and self._shares_backbone_graph(batch):
+            # HORM-sized molecules: both graphs hold every pair within 12 Å. Take the backbone's
+            # edge frames, Wigner matrices (with their m-primary cache) and radial basis.
+            backbone = self.SO3_rotation[0]
+            for name in ("device", "dtype", "wigner", "wigner_inv", "_hip_m_primary"):
+                if hasattr(backbone, name):
+                    setattr(rotation, name, getattr(backbone, name))
+            radial = graph.edge_distance
+        else:
+            vec, dist = edge_geometry(batch.pos, edge_index)
+            rotation.set_wigner(self._edge_frames("hessian", vec))
+            radial = self.distance_expansion_hessian(dist)
         z = batch.atomic_numbers.long()
         for layer in self.hessian_layers:
             x = layer(x, z, radial, edge_index, batch=batch.batch)

@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_MODEL
 
 from hip import HIPEquiformerV2, collate_molecules, split_hessian
-from hip.model.autodiff import autodiff_hessian, finite_difference_hessian
+from hip.model.autodiff import autodiff_hessian, finite_difference_hessian, prefers_vectorized
 
 
 def test_autodiff_equals_finite_differences_float64(float64, horm_molecules):
@@ -29,10 +29,21 @@ def test_batched_rows_loop_and_single_molecules_agree(horm_molecules):
     model = HIPEquiformerV2(**TINY_MODEL).eval()
     batch = collate_molecules(horm_molecules, model.graph_builder())
     torch.manual_seed(5)
-    vectorized = autodiff_hessian(model, batch, chunk_size=7)
+    vectorized = autodiff_hessian(model, batch, chunk_size=7, vectorized=True)
     torch.manual_seed(5)
     looped = autodiff_hessian(model, batch, vectorized=False)
     torch.testing.assert_close(vectorized, looped, rtol=1e-5, atol=1e-6)
+    rows = {}
+    for method in (None, False):  # the CPU default is the loop, bit for bit
+        torch.manual_seed(5)
+        rows[method] = autodiff_hessian(model, batch, vectorized=method, max_rows=2)
+    assert torch.equal(rows[None], rows[False])
     for h, (z, pos) in zip(split_hessian(vectorized, batch.natoms), horm_molecules, strict=True):
         single = autodiff_hessian(model, collate_molecules([(z, pos)], model.graph_builder()))
         torch.testing.assert_close(h.reshape(-1), single, rtol=1e-3, atol=1e-4)
+
+
+def test_default_method_per_device():
+    """The row loop on CPUs (measured faster there), batched gradients on accelerators."""
+    assert not prefers_vectorized(torch.device("cpu"))
+    assert prefers_vectorized(torch.device("cuda"))
