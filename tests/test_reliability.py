@@ -412,6 +412,9 @@ def test_batch_over_the_hessian_memory_budget_says_use_a_smaller_batch(tmp_path)
     ({"num_layers": 0}, ["missing", "blocks.0."]),
 ], ids=["bigger", "smaller"])
 def test_backbone_checkpoint_of_another_architecture_lists_the_mismatched_keys(tmp_path, size, listed):
+    """End to end, the model's architecture comes from the config, and a backbone checkpoint that
+    initialises it must fit. (Frozen mode reads the architecture from the backbone file instead:
+    tests/test_shipped.py.)"""
     from train import train
 
     torch.manual_seed(0)
@@ -420,7 +423,7 @@ def test_backbone_checkpoint_of_another_architecture_lists_the_mismatched_keys(t
     torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
                 "hyper_parameters": {"model": other.config}}, path)
     with pytest.raises(CheckpointError) as error:
-        train(compose_train(tmp_path, ["experiment=hip_frozen", "model=tiny", f"model.backbone_ckpt={path}"]))
+        train(compose_train(tmp_path, ["experiment=hip_e2e", "model=tiny", f"model.backbone_ckpt={path}"]))
     message = str(error.value)
     assert message.startswith(f"{path} does not match HIPEquiformerV2(")
     for text in listed:
