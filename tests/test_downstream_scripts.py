@@ -1,0 +1,103 @@
+"""Smoke tests of the downstream benchmark scripts (paper Fig. 3, Fig. 4, Table 2) with a tiny random model.
+
+Each runs end to end on 1–2 molecules with tiny budgets: options parse, results are written and resumed,
+the table and figure appear. What the numbers mean is tested in tests/test_optimize.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import molecule
+from test_calculator import write_tiny_checkpoint
+
+from hip.optimize import GAUSSIAN_CRITERIA, HA_PER_BOHR_IN_EV_PER_A
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+VAL = ROOT / "data" / "embedded" / "val.lmdb"
+
+
+def load_script(name: str):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"))
+
+
+def rows(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
+
+
+def test_bench_relax_runs_and_resumes(tiny, tmp_path, capsys):
+    script = load_script("bench_relax")
+    args = ["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2", "--max-steps", "3",
+            "--methods", "rfo_hip", "rfo_bfgs_fd", "ase_fire", "--output", str(tmp_path)]
+    table = script.main(args)
+    assert list(table) == ["RFO (HIP)", "RFO-BFGS (FD init)", "FIRE (ASE)"]
+    first = rows(tmp_path)
+    assert len(first) == 6 and {r["molecule"] for r in first} == {"val.lmdb:0", "val.lmdb:5"}
+    assert all(r["steps"] <= 3 for r in first)
+    assert (tmp_path / "bench_relax.png").stat().st_size > 0 and "Converged [%]" in capsys.readouterr().out
+    script.main(args)  # resumes: nothing recomputed
+    assert rows(tmp_path) == first
+    with pytest.raises(ValueError, match="noise"):
+        script.main([*args, "--noise", "0.3"])
+
+
+def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, horm_sample_path):
+    script = load_script("bench_ts_search")
+    table = script.main(["--ckpt", tiny, "--data", str(horm_sample_path), "--max-molecules", "2", "--smallest-first",
+                         "--max-steps", "2", "--irc-steps", "2", "--methods", "prfo_hip", "prfo_bfgs_ad",
+                         "--output", str(tmp_path / "horm")])
+    assert set(table) == {"P-RFO (HIP)", "P-RFO-BFGS (AD init)"} and all(v["Guesses"] == 2 for v in table.values())
+    assert {r["molecule"] for r in rows(tmp_path / "horm")} == {"sample_100.lmdb:83", "sample_100.lmdb:82"}
+
+    # the DFT stage on one 3-atom "TS" at a cheap basis: no search step, every geometry declared a TS success
+    water = tmp_path / "water.xyz"
+    ase.io.write(water, molecule("H2O"))
+    monkeypatch.setattr(script, "count_negative_modes", lambda hessian, atoms: 1)
+    table = script.main(["--ckpt", tiny, "--data", str(water), "--no-filter", "--max-steps", "0", "--irc-steps", "0",
+                         "--methods", "prfo_hip", "--dft-verify", "1", "--dft-basis", "sto-3g",
+                         "--output", str(tmp_path / "water")])
+    (check,) = rows(tmp_path / "water" / "dft")
+    assert check["molecule"] == "water.xyz:0" and check["method"] == "prfo_hip"
+    assert check["negative_modes"] == 0 and not check["ts"]  # water is no transition state
+    assert table["P-RFO (HIP)"]["DFT checked"] == 1 and table["P-RFO (HIP)"]["DFT TS [%]"] == 0
+
+
+def test_bench_zpe_on_stored_and_dft_relaxed_geometries(tiny, tmp_path):
+    script = load_script("bench_zpe")
+    table = script.main(["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2",
+                         "--output", str(tmp_path / "stored")])
+    assert list(table) == ["HIP", "AD", "FD"]
+    results = rows(tmp_path / "stored")
+    assert len(results) == 6 and all(r["zpe_dft"] > 0.5 for r in results)  # NH3 0.9 eV, H2CCO 0.8 eV
+    hip = {r["molecule"]: r for r in results if r["method"] == "hip"}
+    mae = np.mean([abs(r["zpe"] - r["zpe_dft"]) for r in hip.values()])
+    assert table["HIP"]["ZPE MAE [eV]"] == pytest.approx(mae)
+
+    water = tmp_path / "water.xyz"
+    ase.io.write(water, molecule("H2O"))
+    script.main(["--ckpt", tiny, "--data", str(water), "--relax-with", "dft", "--dft-basis", "sto-3g",
+                 "--hessians", "hip", "--output", str(tmp_path / "relaxed")])
+    (relaxed,) = rows(tmp_path / "relaxed" / "dft_relaxed")
+    assert relaxed["relax_converged"]
+    forces = np.asarray(relaxed["forces"]) / HA_PER_BOHR_IN_EV_PER_A
+    internal = forces - forces.mean(0)  # the DFT grid leaves a net force of ~2e-5 Hartree/Bohr
+    assert np.abs(internal).max() < GAUSSIAN_CRITERIA["tight"].max_force
+    (row,) = rows(tmp_path / "relaxed")
+    assert row["imaginary_modes_dft"] == 0
