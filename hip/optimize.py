@@ -146,10 +146,14 @@ def count_negative_modes(hessian: np.ndarray, atoms: Atoms) -> int:
     Raises:
         ValueError: the Hessian's shape does not fit the atoms.
     """
-    from hip.metrics import NEGATIVE_EIGENVALUE_THRESHOLD
     from hip.vibrations import vibrational_analysis
 
-    modes = vibrational_analysis(hessian, atoms.positions, atoms.numbers)
+    return _count_negative(vibrational_analysis(hessian, atoms.positions, atoms.numbers))
+
+
+def _count_negative(modes) -> int:
+    from hip.metrics import NEGATIVE_EIGENVALUE_THRESHOLD
+
     return int((modes.eigenvalues < NEGATIVE_EIGENVALUE_THRESHOLD).sum())
 
 
@@ -301,14 +305,15 @@ class OptimizerSpec:
         return self.hessian if self.hessian in ("hip", "autodiff", "finite_difference") else None
 
 
-_SHORT = {"hip": "HIP", "autodiff": "AD", "finite_difference": "FD"}
+#: Short labels of the model Hessian methods (``HIPCalculator.hessian_method``) in tables and figures.
+HESSIAN_LABELS = {"hip": "HIP", "autodiff": "AD", "finite_difference": "FD"}
 _KEY = {"hip": "hip", "autodiff": "ad", "finite_difference": "fd"}
 
 #: Paper Fig. 3 / A.6.1: RS-RFO with a fresh Hessian every step, RS-RFO with updates from an initial
 #: Hessian (HIP, AD, FD or identity), and ASE's first-order BFGS and FIRE.
 RELAXATION_METHODS: tuple[OptimizerSpec, ...] = (
-    *(OptimizerSpec(f"rfo_{_KEY[h]}", f"RFO ({_SHORT[h]})", "sella", h, True) for h in _SHORT),
-    *(OptimizerSpec(f"rfo_bfgs_{_KEY[h]}", f"RFO-BFGS ({_SHORT[h]} init)", "sella", h) for h in _SHORT),
+    *(OptimizerSpec(f"rfo_{_KEY[h]}", f"RFO ({HESSIAN_LABELS[h]})", "sella", h, True) for h in HESSIAN_LABELS),
+    *(OptimizerSpec(f"rfo_bfgs_{_KEY[h]}", f"RFO-BFGS ({HESSIAN_LABELS[h]} init)", "sella", h) for h in HESSIAN_LABELS),
     OptimizerSpec("rfo_bfgs_identity", "RFO-BFGS (identity init)", "sella", "identity"),
     OptimizerSpec("ase_bfgs", "BFGS (ASE)", "bfgs"),
     OptimizerSpec("ase_fire", "FIRE (ASE)", "fire"),
@@ -316,8 +321,9 @@ RELAXATION_METHODS: tuple[OptimizerSpec, ...] = (
 
 #: Paper Fig. 4 / A.6.2: RS-P-RFO with a fresh Hessian every step, or an initial one and updates.
 TS_SEARCH_METHODS: tuple[OptimizerSpec, ...] = (
-    *(OptimizerSpec(f"prfo_{_KEY[h]}", f"P-RFO ({_SHORT[h]})", "sella", h, True) for h in _SHORT),
-    *(OptimizerSpec(f"prfo_bfgs_{_KEY[h]}", f"P-RFO-BFGS ({_SHORT[h]} init)", "sella", h) for h in _SHORT),
+    *(OptimizerSpec(f"prfo_{_KEY[h]}", f"P-RFO ({HESSIAN_LABELS[h]})", "sella", h, True) for h in HESSIAN_LABELS),
+    *(OptimizerSpec(f"prfo_bfgs_{_KEY[h]}", f"P-RFO-BFGS ({HESSIAN_LABELS[h]} init)", "sella", h)
+      for h in HESSIAN_LABELS),
 )
 
 
@@ -682,18 +688,24 @@ class DFTCheck:
     """DFT verification of a found transition state (paper A.6.2, Fig. 4).
 
     Attributes:
-        negative_modes: negative eigenvalues of the DFT Hessian after mass weighting and Eckart projection.
-        force_rms: RMS of the DFT force components, Hartree/Bohr.
+        negative_modes: negative eigenvalues of the DFT Hessian after mass weighting and Eckart projection
+            (None if the DFT calculation failed).
+        force_rms: RMS of the DFT force components, Hartree/Bohr (None if it failed).
         ts: exactly one negative mode ("DFT-verified TS success").
         converged_ts: ``ts`` and ``force_rms`` < 2e-3 Hartree/Bohr ("DFT-verified converged and TS success").
         wall_time: seconds of the DFT calculation.
+        lowest_frequencies: the lowest DFT harmonic wavenumbers, cm⁻¹, negative for imaginary modes
+            (up to 4, ascending), so that a check can be judged beyond the count.
+        error: why the DFT calculation failed (SCF not converged, odd electron count, ...), else "".
     """
 
-    negative_modes: int
-    force_rms: float
+    negative_modes: int | None
+    force_rms: float | None
     ts: bool
     converged_ts: bool
     wall_time: float
+    lowest_frequencies: list[float] = field(default_factory=list)
+    error: str = ""
 
     #: The paper's DFT force RMS threshold, Hartree/Bohr.
     FORCE_RMS_THRESHOLD: ClassVar[float] = 2e-3
@@ -706,17 +718,25 @@ def dft_verify(atoms: Atoms, **label_kwargs) -> DFTCheck:
 
     Minutes per molecule of 10–20 atoms on 2 CPU cores (the analytic Hessian dominates).
 
-    Raises:
-        ValueError: an element without reference energy, an odd electron count.
-        RuntimeError: the SCF did not converge.
+    Returns:
+        :class:`DFTCheck`. A failed calculation (an element without reference energy, an odd electron
+        count, an SCF that does not converge) is returned as a failed check with its ``error``, not
+        raised, so that a benchmark records it and moves on.
     """
     from hip.data.labelling import label_molecule
+    from hip.vibrations import vibrational_analysis
 
-    labels = label_molecule(atoms.numbers, atoms.positions, hessian=True, **label_kwargs)
-    n_negative = count_negative_modes(labels.hessian, atoms)
+    start = time.perf_counter()
+    try:
+        labels = label_molecule(atoms.numbers, atoms.positions, hessian=True, **label_kwargs)
+    except (ValueError, RuntimeError) as e:
+        return DFTCheck(None, None, False, False, time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
+    modes = vibrational_analysis(labels.hessian, atoms.positions, atoms.numbers)
+    n_negative = _count_negative(modes)
     force_rms = float(np.sqrt((labels.forces**2).mean())) / HA_PER_BOHR_IN_EV_PER_A
     return DFTCheck(n_negative, force_rms, n_negative == 1,
-                    n_negative == 1 and force_rms < DFTCheck.FORCE_RMS_THRESHOLD, labels.timings["total"])
+                    n_negative == 1 and force_rms < DFTCheck.FORCE_RMS_THRESHOLD, labels.timings["total"],
+                    [round(float(f), 1) for f in modes.frequencies[:4]])
 
 
 class DFTCalculator(Calculator):
@@ -890,7 +910,10 @@ def add_common_arguments(parser, data: Sequence[str], stride: int, output: str, 
     """Add the options every downstream benchmark script shares to an ``argparse`` parser.
 
     ``--ckpt --device --data --indices --stride --max-molecules --smallest-first --output``, and, when
-    ``methods`` are given, ``--methods`` (their keys), ``--energy`` and ``--time-limit``.
+    ``methods`` are given, ``--methods`` (their keys), ``--energy`` and ``--time-limit``. Parse with
+    :func:`parse_benchmark_args`, which resolves ``--stride``: ``stride`` applies to sources in the
+    default ``data``'s folder when no ``--indices`` are given (5 picks the equilibrium geometries, variant
+    0, of ``data/embedded``'s shards); any other input keeps every molecule unless ``--stride`` is given.
     """
     from hip.calculator import DEFAULT_CHECKPOINT
 
@@ -899,7 +922,11 @@ def add_common_arguments(parser, data: Sequence[str], stride: int, output: str, 
     parser.add_argument("--data", nargs="+", default=list(data),
                         help="HORM-format .lmdb shards or ASE-readable files (default: %(default)s)")
     parser.add_argument("--indices", type=int, nargs="+", help="raw indices / frames taken from each source")
-    parser.add_argument("--stride", type=int, default=stride, help="keep every k-th (default: %(default)s)")
+    folders = sorted({str(Path(d).parent) for d in data})
+    parser.add_argument("--stride", type=int, default=None,
+                        help=f"keep every k-th (default: {stride} for shards in {', '.join(folders)} without "
+                             "--indices, else 1)")
+    parser.set_defaults(default_data_stride=stride)
     parser.add_argument("--max-molecules", type=int, default=max_molecules, help="default: %(default)s")
     parser.add_argument("--smallest-first", action="store_true", help="sort by atom count before trimming")
     parser.add_argument("--output", default=output, help="results directory, resumable (default: %(default)s)")
@@ -912,6 +939,41 @@ def add_common_arguments(parser, data: Sequence[str], stride: int, output: str, 
         parser.add_argument("--time-limit", type=float, default=60.0,
                             help="stop a run after this many seconds, counted as not converged; 0: no limit "
                                  "(default: %(default)s; keeps per-step AD/FD runs affordable on a CPU)")
+
+
+def add_dft_arguments(parser) -> None:
+    """Add ``--dft-basis`` and ``--dft-xc`` (HORM's ωB97X/6-31G(d) by default) to an ``argparse`` parser."""
+    from hip.data.labelling import HORM_BASIS, HORM_XC
+
+    parser.add_argument("--dft-basis", default=HORM_BASIS, help="DFT basis (default HORM's: %(default)s)")
+    parser.add_argument("--dft-xc", default=HORM_XC, help="DFT functional (default HORM's: %(default)s)")
+
+
+def parse_benchmark_args(parser, argv: Sequence[str] | None = None):
+    """``parser.parse_args(argv)`` with ``--stride`` resolved (see :func:`add_common_arguments`)."""
+    args = parser.parse_args(argv)
+    if args.stride is None:
+        folders = {Path(d).resolve().parent for d in parser.get_default("data")}
+        default_input = args.indices is None and all(Path(d).resolve().parent in folders for d in args.data)
+        args.stride = args.default_data_stride if default_input else 1
+    del args.default_data_stride
+    return args
+
+
+@contextmanager
+def user_errors(script: str):
+    """Turn the errors a user's input causes into a one-line exit message naming ``script``.
+
+    Wraps a benchmark's set-up (reading molecules, the checkpoint, the results directory): a missing
+    file, an unreadable checkpoint or an invalid option or entry (``ValueError``, which includes
+    :class:`hip.data.horm.HormDataError`) ends the run with its message and exit status 1.
+    """
+    from hip.model.checkpoints import CheckpointError
+
+    try:
+        yield
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        raise SystemExit(f"{script}: {e}") from None
 
 
 def model_calculators(checkpoint: str | Path, device: str = "cpu") -> dict[str, Calculator]:
@@ -939,17 +1001,21 @@ def attach(atoms: Atoms, calculator: Calculator, energy: str = "work") -> Atoms:
 
 def common_settings(args) -> dict[str, Any]:
     """The settings of :func:`add_common_arguments` that change results, for :class:`ResultsLog`."""
+    import hashlib
+
     ckpt = Path(args.ckpt)
-    return {"ckpt": str(ckpt.resolve()), "ckpt_mtime": ckpt.stat().st_mtime if ckpt.exists() else None,
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest() if ckpt.is_file() else None
+    return {"ckpt": str(ckpt.resolve()), "ckpt_sha256": digest,
             "data": [str(Path(p).resolve()) for p in args.data], "indices": args.indices, "stride": args.stride,
             "max_molecules": args.max_molecules, "smallest_first": args.smallest_first,
             "energy": getattr(args, "energy", None), "time_limit": getattr(args, "time_limit", None)}
 
 
 def write_report(directory: str | Path, text: str, table: Mapping[str, Mapping[str, float]],
-                 columns: Sequence[str]) -> None:
+                 columns: Sequence[str], plot: Callable[[Path], None], name: str) -> None:
     """Print a benchmark's table ``text`` and save it as ``table.txt``; ``table`` (row label → column →
-    value) as ``summary.csv`` with the given ``columns``, in ``directory``."""
+    value) as ``summary.csv`` with the given ``columns``; ``plot(path)`` draws ``<name>.png``; all in
+    ``directory``, listed in a closing line."""
     import csv
 
     print(text)
@@ -959,6 +1025,8 @@ def write_report(directory: str | Path, text: str, table: Mapping[str, Mapping[s
         writer = csv.writer(f)
         writer.writerow(["method", *columns])
         writer.writerows([label, *(values[c] for c in columns)] for label, values in table.items())
+    plot(directory / f"{name}.png")
+    print(f"wrote {directory / 'results.jsonl'}, summary.csv, table.txt, {name}.png")
 
 
 @contextmanager

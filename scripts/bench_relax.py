@@ -26,7 +26,7 @@ Any HORM-format shard with ``--indices``, or any ASE-readable file, works the sa
 
 Examples:
   python scripts/bench_relax.py                                   # defaults, about 10 min on 2 CPU cores
-  python scripts/bench_relax.py --data ../shared/horm/sample_100.lmdb --indices 43 63 73 --stride 1
+  python scripts/bench_relax.py --data ../shared/horm/sample_100.lmdb --indices 43 63 73
   python scripts/bench_relax.py --methods rfo_hip rfo_bfgs_hip ase_fire --device cuda --ckpt <checkpoint>
 """
 
@@ -43,6 +43,7 @@ from hip.metrics import format_table
 from hip.optimize import (
     GAUSSIAN_CRITERIA,
     RELAXATION_METHODS,
+    OptimizerSpec,
     ResultsLog,
     add_common_arguments,
     attach,
@@ -51,10 +52,12 @@ from hip.optimize import (
     figure,
     model_calculators,
     optimize,
+    parse_benchmark_args,
     perturb,
     quartiles,
     select_methods,
     select_molecules,
+    user_errors,
     write_report,
 )
 
@@ -74,8 +77,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=150, help="step budget (default: %(default)s)")
     parser.add_argument("--criteria", choices=list(GAUSSIAN_CRITERIA), default="default")
-    parser.add_argument("--internal", action="store_true", help="Sella in internal coordinates")
-    return parser.parse_args(argv)
+    parser.add_argument("--internal", action="store_true",
+                        help="Sella in internal coordinates (not with the identity start: rfo_bfgs_identity is "
+                             "then left out of the default methods)")
+    return parse_benchmark_args(parser, argv)
+
+
+def internal_coordinate_methods(methods: list[OptimizerSpec], default: bool) -> list[OptimizerSpec]:
+    """``methods`` that can run in Sella's internal coordinates: the identity start cannot (it is a
+    Cartesian matrix); it is left out of the default method list with a note, and an error if asked for.
+
+    Raises:
+        ValueError: ``rfo_bfgs_identity`` was asked for explicitly.
+    """
+    kept = [m for m in methods if m.hessian != "identity"]
+    if len(kept) < len(methods):
+        if not default:
+            raise ValueError("--internal: rfo_bfgs_identity starts from a Cartesian identity Hessian; leave it "
+                             "out of --methods")
+        print("--internal: rfo_bfgs_identity (a Cartesian identity start) left out")
+    return kept
 
 
 def counted_steps(row: dict, max_steps: int) -> int:
@@ -126,14 +147,18 @@ def _plot_panels(axes, rows: list[dict], labels: dict[str, str], max_steps: int)
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the benchmark; returns the printed table (method label → column → value)."""
     args = parse_args(argv)
-    methods = select_methods(RELAXATION_METHODS, args.methods)
-    molecules = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
-                                 smallest_first=args.smallest_first)
-    criteria = GAUSSIAN_CRITERIA[args.criteria]
-    settings = {**common_settings(args), "noise": args.noise, "min_distance": args.min_distance, "seed": args.seed,
-                "max_steps": args.max_steps, "criteria": args.criteria, "internal": args.internal}
-    log = ResultsLog(args.output, settings, ("molecule", "method"))
-    calculators = model_calculators(args.ckpt, args.device)
+    with user_errors("bench_relax.py"):
+        methods = select_methods(RELAXATION_METHODS, args.methods)
+        if args.internal:
+            methods = internal_coordinate_methods(methods, args.methods == [m.key for m in RELAXATION_METHODS])
+        molecules = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
+                                     smallest_first=args.smallest_first)
+        criteria = GAUSSIAN_CRITERIA[args.criteria]
+        settings = {**common_settings(args), "noise": args.noise, "min_distance": args.min_distance,
+                    "seed": args.seed, "max_steps": args.max_steps, "criteria": args.criteria,
+                    "internal": args.internal}
+        calculators = model_calculators(args.ckpt, args.device)
+        log = ResultsLog(args.output, settings, ("molecule", "method"))
     tasks = [(m, s) for m in molecules for s in methods if not log.done(molecule=m.name, method=s.key)]
     with tqdm(tasks, desc="relaxations", unit="run") as bar:
         for molecule, spec in bar:
@@ -153,10 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     text = (f"Relaxations (paper Fig. 3): {len(molecules)} molecules, noise {args.noise} Å RMS, Gaussian "
             f"{args.criteria} criteria, {args.max_steps}-step budget; steps of unconverged runs count as the "
             f"budget\n" + format_table(table, COLUMNS, digits=1))
-    out = Path(args.output)
-    write_report(out, text, table, COLUMNS)
-    plot(out / "bench_relax.png", rows, labels, args.max_steps)
-    print(f"wrote {out / 'results.jsonl'}, summary.csv, table.txt, bench_relax.png")
+    write_report(args.output, text, table, COLUMNS, lambda path: plot(path, rows, labels, args.max_steps),
+                 "bench_relax")
     return table
 
 

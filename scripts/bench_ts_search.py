@@ -46,14 +46,14 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from hip.data.labelling import HORM_BASIS, HORM_XC, displacement_rng
+from hip.data.labelling import displacement_rng
 from hip.metrics import EXTREMUM_TYPES, TYPE_CORRECT_COLUMNS, extremum_classification, format_table
 from hip.optimize import (
     GAUSSIAN_CRITERIA,
     TS_SEARCH_METHODS,
     ResultsLog,
-    WorkEnergy,
     add_common_arguments,
+    add_dft_arguments,
     attach,
     calculator_hessian,
     common_settings,
@@ -63,10 +63,12 @@ from hip.optimize import (
     irc_verify,
     model_calculators,
     optimize,
+    parse_benchmark_args,
     perturb,
     quartiles,
     select_methods,
     select_molecules,
+    user_errors,
     write_report,
 )
 
@@ -96,9 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dft-every-end", action="store_true",
                         help="with --dft-verify, also check search ends that are no TS success (after those that "
                              "are): what DFT says about a weak model's ends")
-    parser.add_argument("--dft-basis", default=HORM_BASIS, help="DFT basis (default HORM's: %(default)s)")
-    parser.add_argument("--dft-xc", default=HORM_XC, help="DFT functional (default HORM's: %(default)s)")
-    return parser.parse_args(argv)
+    add_dft_arguments(parser)
+    return parse_benchmark_args(parser, argv)
 
 
 def search(atoms: Atoms, spec, calculator, args) -> dict:
@@ -119,11 +120,8 @@ def search(atoms: Atoms, spec, calculator, args) -> dict:
     row["negative_modes"] = count_negative_modes(calculator_hessian(work), work)
     row["ts_success"] = row["negative_modes"] == 1
     if row["ts_success"] and args.irc_steps > 0:
-        def fresh():
-            return WorkEnergy(calculator) if args.energy == "work" else calculator
-
-        irc = irc_verify(work, fresh, calculator_hessian, GAUSSIAN_CRITERIA[args.criteria], args.irc_steps,
-                         time_limit=args.time_limit or None)
+        irc = irc_verify(work, lambda: attach(work, calculator, args.energy).calc, calculator_hessian,
+                         GAUSSIAN_CRITERIA[args.criteria], args.irc_steps, time_limit=args.time_limit or None)
         row.update(irc_verified=irc.verified, irc_rmsd=irc.rmsd, irc_time=irc.wall_time, irc_error=irc.error,
                    irc_endpoint_negative_modes=irc.endpoint_negative_modes, irc_timed_out=irc.timed_out)
     return row
@@ -136,8 +134,11 @@ def dft_candidates(rows: list[dict], k: int, every_end: bool = False) -> list[di
     return [r for r in ranked if r["ts_success"] or every_end][:k]
 
 
-def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str]) -> dict[str, dict[str, float]]:
-    """The table: per method, the stage shares of all guesses (%), medians, DFT checks, guess classification."""
+def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str],
+              guess_dft_modes: dict[str, int | None]) -> dict[str, dict[str, float]]:
+    """The table: per method, the stage shares of all guesses (%), medians, DFT checks, and how its
+    Hessian classifies the guesses against their DFT Hessians (``guess_dft_modes``: molecule → negative
+    DFT modes, None without a DFT Hessian; those guesses are left out of that column)."""
     table = {}
     for key, label in labels.items():
         mine = [r for r in rows if r["method"] == key]
@@ -147,7 +148,10 @@ def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str]) ->
         stages = (np.mean([r["converged"] for r in mine]), np.mean([r["ts_success"] for r in mine]),
                   np.mean([r["converged"] and r["ts_success"] for r in mine]),
                   np.mean([bool(r["irc_verified"]) for r in mine]))
-        guesses = extremum_classification([{"n_neg_pred": r["guess_negative_modes"], "n_neg_true": 1} for r in mine])
+        classified = [{"n_neg_pred": r["guess_negative_modes"], "n_neg_true": guess_dft_modes[r["molecule"]]}
+                      for r in mine if guess_dft_modes[r["molecule"]] is not None]
+        guess_correct = (extremum_classification(classified)[TYPE_CORRECT_COLUMNS[1]] if classified
+                         else float("nan"))
         table[label] = {
             "Guesses": float(len(mine)),
             **{c: 100.0 * v for c, v in zip(STAGES, stages, strict=True)},
@@ -157,7 +161,7 @@ def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str]) ->
             "DFT checked": float(len(checks)),
             "DFT TS [%]": 100.0 * np.mean([d["ts"] for d in checks]) if checks else float("nan"),
             "DFT converged TS [%]": 100.0 * np.mean([d["converged_ts"] for d in checks]) if checks else float("nan"),
-            GUESS_COLUMN: guesses[TYPE_CORRECT_COLUMNS[1]],
+            GUESS_COLUMN: guess_correct,
         }
     return table
 
@@ -180,13 +184,16 @@ def plot(path: Path, table: dict[str, dict[str, float]]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the benchmark; returns the printed table (method label → column → value)."""
     args = parse_args(argv)
-    methods = select_methods(TS_SEARCH_METHODS, args.methods)
-    guesses = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
-                               None if args.no_filter else 1, args.smallest_first)
-    settings = {**common_settings(args), "no_filter": args.no_filter, "noise": args.noise, "seed": args.seed,
-                "max_steps": args.max_steps, "criteria": args.criteria, "irc_steps": args.irc_steps}
-    log = ResultsLog(args.output, settings, ("molecule", "method"))
-    calculators = model_calculators(args.ckpt, args.device)
+    with user_errors("bench_ts_search.py"):
+        methods = select_methods(TS_SEARCH_METHODS, args.methods)
+        guesses = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
+                                   None if args.no_filter else 1, args.smallest_first)
+        settings = {**common_settings(args), "no_filter": args.no_filter, "noise": args.noise, "seed": args.seed,
+                    "max_steps": args.max_steps, "criteria": args.criteria, "irc_steps": args.irc_steps}
+        calculators = model_calculators(args.ckpt, args.device)
+        log = ResultsLog(args.output, settings, ("molecule", "method"))
+        dft_log = (ResultsLog(Path(args.output) / "dft", {"xc": args.dft_xc, "basis": args.dft_basis},
+                              ("molecule", "method")) if args.dft_verify > 0 else None)
     starts = {g.name: perturb(g.atoms, args.noise, displacement_rng(args.seed, g.name, 0), 0.7) if args.noise > 0
               else g.atoms for g in guesses}
     tasks = [(g, s) for g in guesses for s in methods if not log.done(molecule=g.name, method=s.key)]
@@ -203,9 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     names = {g.name for g in guesses}
     rows = [r for r in log.rows if r["method"] in labels and r["molecule"] in names]
     dft_rows: list[dict] = []
-    if args.dft_verify > 0:
-        dft_log = ResultsLog(Path(args.output) / "dft", {"xc": args.dft_xc, "basis": args.dft_basis},
-                             ("molecule", "method"))
+    if dft_log is not None:
         per_method = [dft_candidates([r for r in rows if r["method"] == key], args.dft_verify, args.dft_every_end)
                       for key in labels]
         todo = [r for rank in zip_longest(*per_method) for r in rank if r is not None]  # methods interleaved
@@ -216,18 +221,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 bar.set_postfix_str(f"{row['molecule']} {row['method']}")
                 check = dft_verify(Atoms(numbers=row["numbers"], positions=row["positions"]),
                                    xc=args.dft_xc, basis=args.dft_basis)
+                if check.error:
+                    tqdm.write(f"{row['molecule']} {row['method']}: DFT failed, counted as not verified: "
+                               f"{check.error}")
                 dft_log.add({"molecule": row["molecule"], "method": row["method"], **vars(check),
                              **{f"search_{k}": row[k] for k in ("converged", "ts_success", "irc_verified")}})
         chosen = {(r["molecule"], r["method"]) for r in todo}
         dft_rows = [d for d in dft_log.rows if (d["molecule"], d["method"]) in chosen]
-    table = summarize(rows, dft_rows, labels)
+    guess_dft_modes = {g.name: None if g.dft_hessian is None else count_negative_modes(g.dft_hessian, g.atoms)
+                       for g in guesses}
+    table = summarize(rows, dft_rows, labels, guess_dft_modes)
     text = (f"TS search (paper Fig. 4, Table 8): {len(guesses)} guesses, RS-P-RFO, Gaussian {args.criteria} criteria, "
             f"{args.max_steps}-step budget; stage columns: % of guesses; DFT columns ({args.dft_xc}/{args.dft_basis}): "
             f"% of the checked TSs\n" + format_table(table, COLUMNS, digits=1))
-    out = Path(args.output)
-    write_report(out, text, table, COLUMNS)
-    plot(out / "bench_ts_search.png", table)
-    print(f"wrote {out / 'results.jsonl'}, summary.csv, table.txt, bench_ts_search.png")
+    write_report(args.output, text, table, COLUMNS, lambda path: plot(path, table), "bench_ts_search")
     return table
 
 

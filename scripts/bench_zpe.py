@@ -4,9 +4,9 @@
 At each geometry the ZPE ½ Σ ħω (real modes of the mass-weighted, Eckart-projected Hessian,
 :func:`hip.vibrations.zero_point_energy`) is computed from the model's HIP, autodiff and
 finite-difference Hessians and from the DFT Hessian; per method the script prints the MAE and the
-standard deviation of the signed error (model − DFT), in eV per molecule, as Table 2. Molecules with
-the same atoms form reactant/product pairs (isomerisations); for each pair ΔZPE = ZPE(first) −
-ZPE(second) is compared the same way.
+standard deviation of the signed error (model − DFT), in eV per molecule, as Table 2. For
+reactant/product pairs (``--pairs``; by default the two molecules of every formula that occurs exactly
+twice, i.e. isomerisations) ΔZPE = ZPE(first) − ZPE(second) is compared the same way.
 
 Geometries. The paper relaxes reactants and products with DFT to "Gaussian tight" (Table 13) before
 taking Hessians. By default this script uses the equilibrium geometries already labelled in
@@ -25,13 +25,12 @@ Outputs in ``--output``: ``results.jsonl`` (per molecule and method, resumable),
 Examples:
   python scripts/bench_zpe.py                                         # about 2 min on 2 CPU cores
   python scripts/bench_zpe.py --relax-with dft --max-molecules 4      # DFT-relaxed references (slow)
-  python scripts/bench_zpe.py --data ../shared/horm/sample_100.lmdb --stride 1 --indices 43 63
+  python scripts/bench_zpe.py --data ../shared/horm/sample_100.lmdb --indices 43 63 --pairs none
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 import warnings
 from pathlib import Path
@@ -40,28 +39,31 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from hip.data.labelling import HORM_BASIS, HORM_XC
 from hip.metrics import format_table
 from hip.optimize import (
     GAUSSIAN_CRITERIA,
+    HA_PER_BOHR_IN_EV_PER_A,
+    HESSIAN_LABELS,
     RELAXATION_METHODS,
     DFTCalculator,
     Molecule,
     ResultsLog,
     add_common_arguments,
+    add_dft_arguments,
     common_settings,
     count_negative_modes,
     figure,
     model_calculators,
     optimize,
+    parse_benchmark_args,
     select_methods,
     select_molecules,
+    user_errors,
     write_report,
 )
 from hip.vibrations import zero_point_energy
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"hip": "HIP", "autodiff": "AD", "finite_difference": "FD"}
 COLUMNS = ("ZPE MAE [eV]", "ZPE error std [eV]", "ΔZPE MAE [eV]", "ΔZPE error std [eV]")
 
 
@@ -71,18 +73,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     embedded = ROOT / "data" / "embedded"
     add_common_arguments(parser, data=[str(embedded / "train.lmdb"), str(embedded / "val.lmdb")], stride=5,
                          output=str(ROOT / "logs" / "bench_zpe"), max_molecules=None)
-    parser.add_argument("--hessians", nargs="+", choices=list(METHODS), default=list(METHODS),
+    parser.add_argument("--hessians", nargs="+", choices=list(HESSIAN_LABELS), default=list(HESSIAN_LABELS),
                         help="model Hessians to compare (default: all)")
     parser.add_argument("--relax-with", choices=("none", "dft"), default="none",
                         help="relax with DFT to Gaussian tight first (default: use the stored geometries)")
     parser.add_argument("--relax-steps", type=int, default=150, help="DFT relaxation budget (default: %(default)s)")
-    parser.add_argument("--dft-basis", default=HORM_BASIS, help="DFT basis (default HORM's: %(default)s)")
-    parser.add_argument("--dft-xc", default=HORM_XC, help="DFT functional (default HORM's: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--pairs", nargs="+", default=["auto"], metavar="NAME/NAME",
+                        help="reactant/product pairs for ΔZPE, e.g. val.lmdb:10/train.lmdb:70; 'auto' (default): "
+                             "molecules whose formula occurs exactly twice; 'none'")
+    add_dft_arguments(parser)
+    return parse_benchmark_args(parser, argv)
 
 
 def dft_relaxed(molecules: list[Molecule], args) -> list[Molecule]:
-    """The molecules relaxed with DFT to Gaussian tight, with DFT Hessians there (cached, resumable)."""
+    """The molecules relaxed with DFT to Gaussian tight, with DFT Hessians there (cached, resumable).
+
+    A molecule whose DFT relaxation or Hessian fails (SCF not converged, odd electron count, ...) is
+    stored with its ``relax_error``, reported, and left out of the returned list."""
     log = ResultsLog(Path(args.output) / "dft_relaxed", {"xc": args.dft_xc, "basis": args.dft_basis,
                                                         "relax_steps": args.relax_steps}, ("molecule",))
     spec = select_methods(RELAXATION_METHODS, ["rfo_bfgs_identity"])[0]
@@ -94,18 +101,25 @@ def dft_relaxed(molecules: list[Molecule], args) -> list[Molecule]:
             atoms = molecule.atoms.copy()
             atoms.calc = DFTCalculator(xc=args.dft_xc, basis=args.dft_basis)
             result = optimize(atoms, spec, GAUSSIAN_CRITERIA["tight"], args.relax_steps)
-            if result.error:
-                raise RuntimeError(f"DFT relaxation of {molecule.name}: {result.error}")
-            start = time.perf_counter()
-            hessian = atoms.calc.get_hessian(atoms)
-            log.add({"molecule": molecule.name, "positions": atoms.positions.tolist(), "hessian": hessian.tolist(),
-                     "forces": atoms.get_forces().tolist(), "hessian_time": time.perf_counter() - start,
-                     **result.as_row("relax_")})
-            if not result.converged:
+            row = {"molecule": molecule.name, **result.as_row("relax_")}
+            if not result.error:
+                try:
+                    start = time.perf_counter()
+                    hessian = atoms.calc.get_hessian(atoms)
+                    row.update(positions=atoms.positions.tolist(), hessian=hessian.tolist(),
+                               forces=atoms.get_forces().tolist(), hessian_time=time.perf_counter() - start)
+                except (ValueError, RuntimeError) as e:
+                    row["relax_error"] = f"DFT Hessian: {type(e).__name__}: {e}"
+            log.add(row)
+            if not result.converged and not row["relax_error"]:
                 tqdm.write(f"{molecule.name}: DFT relaxation did not reach Gaussian tight in {result.steps} steps")
     stored = {r["molecule"]: r for r in log.rows}
+    for m in molecules:
+        if stored[m.name]["relax_error"]:
+            print(f"{m.name}: left out, its DFT relaxation failed: {stored[m.name]['relax_error']}")
     return [Molecule(m.name, Atoms(numbers=m.atoms.numbers, positions=stored[m.name]["positions"]),
-                     np.asarray(stored[m.name]["hessian"]), np.asarray(stored[m.name]["forces"])) for m in molecules]
+                     np.asarray(stored[m.name]["hessian"]), np.asarray(stored[m.name]["forces"]))
+            for m in molecules if not stored[m.name]["relax_error"]]
 
 
 def zpe(hessian: np.ndarray, atoms: Atoms) -> tuple[float, int]:
@@ -116,9 +130,31 @@ def zpe(hessian: np.ndarray, atoms: Atoms) -> tuple[float, int]:
     return value, count_negative_modes(hessian, atoms)
 
 
-def isomer_pairs(names_formulas: dict[str, str]) -> list[tuple[str, str]]:
-    """All pairs of distinct molecules with the same formula, in input order."""
-    return [(a, b) for a, b in itertools.combinations(names_formulas, 2) if names_formulas[a] == names_formulas[b]]
+def reaction_pairs(names_formulas: dict[str, str], requested: list[str]) -> list[tuple[str, str]]:
+    """The reactant/product pairs for ΔZPE: ``requested`` as ``"NAME/NAME"`` strings, ``["none"]``, or
+    ``["auto"]``: the molecules whose formula occurs exactly twice (isomerisations), in input order.
+
+    Raises:
+        ValueError: a pair that is not ``NAME/NAME`` of two selected molecules with the same atoms.
+    """
+    if requested == ["none"]:
+        return []
+    if requested == ["auto"]:
+        groups: dict[str, list[str]] = {}
+        for name, formula in names_formulas.items():
+            groups.setdefault(formula, []).append(name)
+        return [(g[0], g[1]) for g in groups.values() if len(g) == 2]
+    pairs = []
+    for text in requested:
+        parts = text.split("/")
+        if len(parts) != 2 or any(p not in names_formulas for p in parts):
+            raise ValueError(f"--pairs {text!r}: expected NAME/NAME of two selected molecules "
+                             f"({', '.join(names_formulas)})")
+        if names_formulas[parts[0]] != names_formulas[parts[1]]:
+            raise ValueError(f"--pairs {text!r}: {names_formulas[parts[0]]} and {names_formulas[parts[1]]} "
+                             "are not the same atoms")
+        pairs.append((parts[0], parts[1]))
+    return pairs
 
 
 def summarize(rows: list[dict], pairs: list[tuple[str, str]], methods: list[str]) -> dict[str, dict[str, float]]:
@@ -129,7 +165,7 @@ def summarize(rows: list[dict], pairs: list[tuple[str, str]], methods: list[str]
         errors = np.array([r["zpe"] - r["zpe_dft"] for r in mine.values()])
         delta = np.array([(mine[a]["zpe"] - mine[b]["zpe"]) - (mine[a]["zpe_dft"] - mine[b]["zpe_dft"])
                           for a, b in pairs if a in mine and b in mine])
-        table[METHODS[method]] = {
+        table[HESSIAN_LABELS[method]] = {
             "ZPE MAE [eV]": float(np.abs(errors).mean()), "ZPE error std [eV]": float(errors.std()),
             "ΔZPE MAE [eV]": float(np.abs(delta).mean()) if len(delta) else float("nan"),
             "ΔZPE error std [eV]": float(delta.std()) if len(delta) else float("nan"),
@@ -144,7 +180,7 @@ def plot(path: Path, rows: list[dict], methods: list[str]) -> None:
             mine = [r for r in rows if r["method"] == method]
             errors = [abs(r["zpe"] - r["zpe_dft"]) for r in mine]
             ax.scatter([r["zpe_dft"] for r in mine], np.maximum(errors, 1e-6), s=16,
-                       label=f"{METHODS[method]} (MAE {np.mean(errors):.3g} eV)")
+                       label=f"{HESSIAN_LABELS[method]} (MAE {np.mean(errors):.3g} eV)")
         ax.set(xlabel="DFT ZPE [eV]", ylabel="|model − DFT| ZPE [eV]", yscale="log", title="Zero-point energy error")
         ax.legend()
 
@@ -152,17 +188,23 @@ def plot(path: Path, rows: list[dict], methods: list[str]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the benchmark; returns the printed table (method label → column → value)."""
     args = parse_args(argv)
-    molecules = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
-                                 smallest_first=args.smallest_first)
-    unlabelled = [m.name for m in molecules if m.dft_hessian is None]
-    if unlabelled and args.relax_with == "none":
-        raise SystemExit(f"{unlabelled[0]} has no DFT Hessian: give a labelled HORM-format shard or --relax-with dft")
+    with user_errors("bench_zpe.py"):
+        molecules = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
+                                     smallest_first=args.smallest_first)
+        unlabelled = [m.name for m in molecules if m.dft_hessian is None]
+        if unlabelled and args.relax_with == "none":
+            raise ValueError(f"{unlabelled[0]} has no DFT Hessian: give a labelled HORM-format shard or "
+                             "--relax-with dft")
+        names = {m.name: m.atoms.get_chemical_formula() for m in molecules}
+        pairs = reaction_pairs(names, args.pairs)
+        settings = {**common_settings(args), "relax_with": args.relax_with,
+                    **({"dft": [args.dft_xc, args.dft_basis]} if args.relax_with == "dft" else {})}
+        calculators = model_calculators(args.ckpt, args.device)
+        log = ResultsLog(args.output, settings, ("molecule", "method"))
     if args.relax_with == "dft":
         molecules = dft_relaxed(molecules, args)
-    settings = {**common_settings(args), "relax_with": args.relax_with,
-                **({"dft": [args.dft_xc, args.dft_basis]} if args.relax_with == "dft" else {})}
-    log = ResultsLog(args.output, settings, ("molecule", "method"))
-    calculators = model_calculators(args.ckpt, args.device)
+        names = {m.name: names[m.name] for m in molecules}
+        pairs = [(a, b) for a, b in pairs if a in names and b in names]
     tasks = [(m, h) for m in molecules for h in args.hessians if not log.done(molecule=m.name, method=h)]
     with tqdm(tasks, desc="ZPE", unit="Hessian") as bar:
         for molecule, method in bar:
@@ -175,20 +217,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             log.add({"molecule": molecule.name, "formula": atoms.get_chemical_formula(), "method": method,
                      "zpe": zpe_model, "zpe_dft": zpe_dft, "imaginary_modes": imaginary,
                      "imaginary_modes_dft": imaginary_dft, "hessian_time": seconds,
-                     "dft_force_rms": float(np.sqrt((molecule.dft_forces**2).mean()))})
-    names = {m.name: m.atoms.get_chemical_formula() for m in molecules}
+                     "dft_force_rms_ha_per_bohr": float(np.sqrt((molecule.dft_forces**2).mean()))
+                     / HA_PER_BOHR_IN_EV_PER_A})
     rows = [r for r in log.rows if r["molecule"] in names and r["method"] in args.hessians]
-    pairs = isomer_pairs(names)
     table = summarize(rows, pairs, args.hessians)
     geometry = ("DFT-relaxed (Gaussian tight)" if args.relax_with == "dft"
                 else "stored geometries (for data/embedded: G2, not ωB97X minima)")
     pair_names = ", ".join(f"{a}/{b} ({names[a]})" for a, b in pairs) or "none"
-    text = (f"Zero-point energy (paper Table 2): {len(molecules)} molecules at {geometry}; same-atom pairs: "
-            f"{pair_names}; eV per molecule\n" + format_table(table, COLUMNS, digits=4))
-    out = Path(args.output)
-    write_report(out, text, table, COLUMNS)
-    plot(out / "bench_zpe.png", rows, args.hessians)
-    print(f"wrote {out / 'results.jsonl'}, summary.csv, table.txt, bench_zpe.png")
+    text = (f"Zero-point energy (paper Table 2): {len(molecules)} molecules at {geometry}; reactant/product "
+            f"pairs: {pair_names}; eV per molecule\n" + format_table(table, COLUMNS, digits=4))
+    write_report(args.output, text, table, COLUMNS, lambda path: plot(path, rows, args.hessians), "bench_zpe")
     return table
 
 

@@ -54,8 +54,42 @@ def test_bench_relax_runs_and_resumes(tiny, tmp_path, capsys):
     assert (tmp_path / "bench_relax.png").stat().st_size > 0 and "Converged [%]" in capsys.readouterr().out
     script.main(args)  # resumes: nothing recomputed
     assert rows(tmp_path) == first
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(SystemExit, match=r"bench_relax\.py: .*settings\.json.*noise"):
         script.main([*args, "--noise", "0.3"])
+
+
+@pytest.mark.parametrize("name", ["bench_relax", "bench_ts_search", "bench_zpe"])
+def test_user_mistakes_end_in_one_line_and_leave_no_settings_behind(name, tiny, tmp_path):
+    script = load_script(name)
+    out = tmp_path / "out"
+    every_guess = ["--no-filter"] if name == "bench_ts_search" else []  # data/embedded holds no saddles
+    with pytest.raises(SystemExit, match=f"{name}.py: .*missing.ckpt"):
+        script.main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data", str(VAL), "--output", str(out), *every_guess])
+    assert not (out / "settings.json").exists()  # the right checkpoint can then use the same directory
+    with pytest.raises(SystemExit, match=f"{name}.py: .*nowhere.xyz does not exist"):
+        script.main(["--ckpt", tiny, "--data", str(tmp_path / "nowhere.xyz"), "--output", str(out)])
+    with pytest.raises(SystemExit, match=f"{name}.py: indices \\[1000\\] out of range"):
+        script.main(["--ckpt", tiny, "--data", str(VAL), "--indices", "1000", "--output", str(out)])
+
+
+def test_stride_applies_to_the_default_folder_only(horm_sample_path):
+    relax, ts = load_script("bench_relax"), load_script("bench_ts_search")
+    assert relax.parse_args([]).stride == 5  # variant 0 of each data/embedded molecule
+    assert relax.parse_args(["--data", str(ROOT / "data" / "embedded" / "train.lmdb")]).stride == 5
+    assert relax.parse_args(["--data", str(horm_sample_path)]).stride == 1
+    assert relax.parse_args(["--indices", "0", "3"]).stride == 1  # given indices are all kept
+    assert relax.parse_args(["--indices", "0", "3", "--stride", "2"]).stride == 2
+    assert ts.parse_args([]).stride == 1
+
+
+def test_internal_coordinates_leave_out_the_cartesian_identity_start(tiny, tmp_path, capsys):
+    script = load_script("bench_relax")
+    args = ["--ckpt", tiny, "--max-molecules", "1", "--max-steps", "1", "--internal", "--output"]
+    with pytest.raises(SystemExit, match="rfo_bfgs_identity"):
+        script.main([*args, str(tmp_path / "a"), "--methods", "rfo_bfgs_identity"])
+    methods = [m.key for m in script.internal_coordinate_methods(list(script.RELAXATION_METHODS), default=True)]
+    assert "rfo_bfgs_identity" not in methods and len(methods) == len(script.RELAXATION_METHODS) - 1
+    assert "left out" in capsys.readouterr().out
 
 
 def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, horm_sample_path):
@@ -101,3 +135,15 @@ def test_bench_zpe_on_stored_and_dft_relaxed_geometries(tiny, tmp_path):
     assert np.abs(internal).max() < GAUSSIAN_CRITERIA["tight"].max_force
     (row,) = rows(tmp_path / "relaxed")
     assert row["imaginary_modes_dft"] == 0
+
+
+def test_reaction_pairs():
+    pairs = load_script("bench_zpe").reaction_pairs
+    formulas = {"a": "C2H4O", "b": "C2H4O", "c": "CH4", "d": "C2H6O", "e": "C2H6O", "f": "C2H6O"}
+    assert pairs(formulas, ["auto"]) == [("a", "b")]  # a formula seen 3 times is no single reaction
+    assert pairs(formulas, ["none"]) == []
+    assert pairs(formulas, ["f/d", "b/a"]) == [("f", "d"), ("b", "a")]
+    with pytest.raises(ValueError, match="not the same atoms"):
+        pairs(formulas, ["a/c"])
+    with pytest.raises(ValueError, match="NAME/NAME"):
+        pairs(formulas, ["a/x"])

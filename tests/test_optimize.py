@@ -277,3 +277,20 @@ def test_dft_verify_matches_pyscf_on_water():
     mf.kernel()
     gradient = mf.nuc_grad_method().kernel()  # Hartree/Bohr
     assert check.force_rms == pytest.approx(float(np.sqrt((gradient**2).mean())), rel=1e-4)
+
+
+def test_dft_verify_finds_the_one_imaginary_mode_of_planar_ammonia():
+    """Planar (D3h) NH3 is the first-order saddle of the umbrella inversion: one negative DFT mode, a TS."""
+    pytest.importorskip("pyscf")
+    angles = np.deg2rad([0.0, 120.0, 240.0])
+    ammonia = Atoms("NH3", positions=[[0, 0, 0], *(1.02 * np.stack([np.cos(angles), np.sin(angles), 0 * angles], 1))])
+    check = dft_verify(ammonia, basis="sto-3g")
+    assert check.negative_modes == 1 and check.ts and not check.error
+    assert check.lowest_frequencies[0] < -100 < 0 < check.lowest_frequencies[1]  # the umbrella, cm⁻¹
+    assert check.converged_ts == (check.force_rms < check.FORCE_RMS_THRESHOLD)
+
+
+def test_dft_verify_records_a_failed_calculation_instead_of_raising():
+    check = dft_verify(Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]]), basis="sto-3g")  # 9 electrons: no RKS
+    assert check.error.startswith("ValueError") and "odd number of electrons" in check.error
+    assert check.negative_modes is None and not check.ts and not check.converged_ts
