@@ -94,11 +94,15 @@ def test_internal_coordinates_leave_out_the_cartesian_identity_start(tiny, tmp_p
 
 def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, horm_sample_path):
     script = load_script("bench_ts_search")
-    table = script.main(["--ckpt", tiny, "--data", str(horm_sample_path), "--max-molecules", "2", "--smallest-first",
-                         "--max-steps", "2", "--irc-steps", "2", "--methods", "prfo_hip", "prfo_bfgs_ad",
-                         "--output", str(tmp_path / "horm")])
+    args = ["--ckpt", tiny, "--data", str(horm_sample_path), "--max-molecules", "2", "--smallest-first",
+            "--max-steps", "2", "--irc-steps", "2", "--methods", "prfo_hip", "prfo_bfgs_ad",
+            "--output", str(tmp_path / "horm")]
+    table = script.main(args)
     assert set(table) == {"P-RFO (HIP)", "P-RFO-BFGS (AD init)"} and all(v["Guesses"] == 2 for v in table.values())
-    assert {r["molecule"] for r in rows(tmp_path / "horm")} == {"sample_100.lmdb:83", "sample_100.lmdb:82"}
+    first = rows(tmp_path / "horm")
+    assert {r["molecule"] for r in first} == {"sample_100.lmdb:83", "sample_100.lmdb:82"}
+    script.main(args)
+    assert rows(tmp_path / "horm") == first  # resumed: nothing recomputed
 
     # the DFT stage on one 3-atom "TS" at a cheap basis: no search step, every geometry declared a TS success
     water = tmp_path / "water.xyz"

@@ -134,10 +134,12 @@ def test_rfo_with_exact_hessians_converges_in_few_steps_and_counts_them():
     assert updated.hessian_calls == 1
 
 
-def test_prfo_finds_the_known_saddle():
+@pytest.mark.parametrize("key", ["prfo_hip", "prfo_bfgs_hip"])
+def test_prfo_finds_the_known_saddle(key):
     atoms = triatomic(1.42, 1.05, 0.97)
-    result = optimize(atoms, METHODS["prfo_hip"], GAUSSIAN_CRITERIA["default"], 50, 1, calculator_hessian)
+    result = optimize(atoms, METHODS[key], GAUSSIAN_CRITERIA["default"], 50, 1, calculator_hessian)
     assert result.converged, result
+    assert result.hessian_calls == (1 if key == "prfo_bfgs_hip" else result.steps + 1)
     assert r13(atoms) == pytest.approx(C, abs=2e-3)
     assert count_negative_modes(atoms.calc.get_hessian(atoms), atoms) == 1
 
