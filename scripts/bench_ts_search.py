@@ -22,8 +22,9 @@ affordable on a CPU; ``0`` lifts it), "Gaussian default" criteria. The paper's s
    "DFT TS" = exactly one negative DFT mode, "DFT converged TS" = that and DFT force RMS below
    2e-3 Hartree/Bohr. Minutes per molecule on 2 CPU cores; each result is written as it finishes.
 
-Also printed: how each method's Hessian classifies the guesses themselves (``eval.py``'s Table 3
-columns, :func:`hip.metrics.extremum_classification`). Results go to ``--output``: ``results.jsonl``
+Also printed: how far each search moved from its guess (median aligned RMSD, Å) and how each method's
+Hessian classifies the guesses themselves against their DFT Hessians (``eval.py``'s Table 3 columns,
+:func:`hip.metrics.extremum_classification`). Results go to ``--output``: ``results.jsonl``
 (searches, resumable), ``dft/results.jsonl`` (DFT checks, resumable), ``summary.csv``, ``table.txt``
 and ``bench_ts_search.png`` (Fig. 4 style: share of guesses passing each stage per method).
 
@@ -54,6 +55,7 @@ from hip.optimize import (
     ResultsLog,
     add_common_arguments,
     add_dft_arguments,
+    aligned_rmsd,
     attach,
     calculator_hessian,
     common_settings,
@@ -77,7 +79,8 @@ HORM_SAMPLE = ROOT / ".." / "shared" / "horm" / "sample_100.lmdb"
 STAGES = ("Converged [%]", "TS success [%]", "Converged & TS [%]", "IRC verified [%]")
 DFT_COLUMNS = ("DFT checked", "DFT TS [%]", "DFT converged TS [%]")
 GUESS_COLUMN = f"Guesses classified as {EXTREMUM_TYPES[1]} [%]"
-COLUMNS = ("Guesses", *STAGES, "Timed out [%]", "Steps median", "Time median [s]", *DFT_COLUMNS, GUESS_COLUMN)
+COLUMNS = ("Guesses", *STAGES, "Timed out [%]", "Steps median", "Time median [s]", "Moved median [Å]", *DFT_COLUMNS,
+           GUESS_COLUMN)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,11 +137,12 @@ def dft_candidates(rows: list[dict], k: int, every_end: bool = False) -> list[di
     return [r for r in ranked if r["ts_success"] or every_end][:k]
 
 
-def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str],
+def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str], starts: dict[str, Atoms],
               guess_dft_modes: dict[str, int | None]) -> dict[str, dict[str, float]]:
-    """The table: per method, the stage shares of all guesses (%), medians, DFT checks, and how its
-    Hessian classifies the guesses against their DFT Hessians (``guess_dft_modes``: molecule → negative
-    DFT modes, None without a DFT Hessian; those guesses are left out of that column)."""
+    """The table: per method, the stage shares of all guesses (%), medians (steps, time, and how far the
+    search moved from its start: aligned RMSD, Å), DFT checks, and how its Hessian classifies the guesses
+    against their DFT Hessians (``guess_dft_modes``: molecule → negative DFT modes, None without a DFT
+    Hessian; those guesses are left out of that column)."""
     table = {}
     for key, label in labels.items():
         mine = [r for r in rows if r["method"] == key]
@@ -158,6 +162,8 @@ def summarize(rows: list[dict], dft_rows: list[dict], labels: dict[str, str],
             "Timed out [%]": 100.0 * np.mean([r["timed_out"] for r in mine]),
             "Steps median": quartiles(r["steps"] for r in mine)[1],
             "Time median [s]": quartiles(r["wall_time"] for r in mine)[1],
+            "Moved median [Å]": quartiles(aligned_rmsd(starts[r["molecule"]], Atoms(r["numbers"], r["positions"]))
+                                          for r in mine)[1],
             "DFT checked": float(len(checks)),
             "DFT TS [%]": 100.0 * np.mean([d["ts"] for d in checks]) if checks else float("nan"),
             "DFT converged TS [%]": 100.0 * np.mean([d["converged_ts"] for d in checks]) if checks else float("nan"),
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         dft_rows = [d for d in dft_log.rows if (d["molecule"], d["method"]) in chosen]
     guess_dft_modes = {g.name: None if g.dft_hessian is None else count_negative_modes(g.dft_hessian, g.atoms)
                        for g in guesses}
-    table = summarize(rows, dft_rows, labels, guess_dft_modes)
+    table = summarize(rows, dft_rows, labels, starts, guess_dft_modes)
     text = (f"TS search (paper Fig. 4, Table 8): {len(guesses)} guesses, RS-P-RFO, Gaussian {args.criteria} criteria, "
             f"{args.max_steps}-step budget; stage columns: % of guesses; DFT columns ({args.dft_xc}/{args.dft_basis}): "
             f"% of the checked TSs\n" + format_table(table, COLUMNS, digits=1))
