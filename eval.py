@@ -49,12 +49,11 @@ def main(cfg: DictConfig) -> None:
 
     A checkpoint that is missing, unreadable or refused ends the run with its message (exit status 1),
     not a traceback."""
+    from hip.cli import user_errors
     from hip.model.checkpoints import CheckpointError
 
-    try:
+    with user_errors("eval.py", (CheckpointError, FileNotFoundError)):
         run(cfg)
-    except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"eval.py: {e}") from None
 
 
 if __name__ == "__main__":

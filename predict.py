@@ -144,15 +144,13 @@ def main(cfg: DictConfig) -> None:
     A user mistake (missing or unreadable file or checkpoint, a bad frame) exits with status 1 and its
     one-line message instead of a stack trace.
     """
-    from hip.model.checkpoints import CheckpointError
+    from hip.cli import user_errors
 
     if OmegaConf.is_missing(cfg, "input"):
         sys.exit("predict.py: which molecules? python predict.py input=<file> (xyz, extxyz, traj, sdf, ...: "
                  "any file ase.io.read reads; every frame is predicted)")
-    try:
+    with user_errors("predict.py"):
         run(cfg)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        sys.exit(f"predict.py: {e}")
 
 
 if __name__ == "__main__":

@@ -77,12 +77,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. A missing, unreadable or refused checkpoint (backbone or ``ckpt_path``) ends
     the run with its message (exit status 1), not a traceback."""
+    from hip.cli import user_errors
     from hip.model.checkpoints import CheckpointError
 
-    try:
+    with user_errors("train.py", (CheckpointError, FileNotFoundError)):
         return train(cfg).get(cfg.optimized_metric)
-    except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"train.py: {e}") from None
 
 
 if __name__ == "__main__":

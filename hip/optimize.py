@@ -960,22 +960,6 @@ def parse_benchmark_args(parser, argv: Sequence[str] | None = None):
     return args
 
 
-@contextmanager
-def user_errors(script: str):
-    """Turn the errors a user's input causes into a one-line exit message naming ``script``.
-
-    Wraps a benchmark's set-up (reading molecules, the checkpoint, the results directory): a missing
-    file, an unreadable checkpoint or an invalid option or entry (``ValueError``, which includes
-    :class:`hip.data.horm.HormDataError`) ends the run with its message and exit status 1.
-    """
-    from hip.model.checkpoints import CheckpointError
-
-    try:
-        yield
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        raise SystemExit(f"{script}: {e}") from None
-
-
 def model_calculators(checkpoint: str | Path, device: str = "cpu") -> dict[str, Calculator]:
     """One :class:`hip.calculator.HIPCalculator` per Hessian method, sharing a single loaded model.
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from hip.cli import user_errors
 from hip.data.labelling import displacement_rng
 from hip.metrics import format_table
 from hip.optimize import (
@@ -57,7 +58,6 @@ from hip.optimize import (
     quartiles,
     select_methods,
     select_molecules,
-    user_errors,
     write_report,
 )
 

@@ -47,6 +47,7 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from hip.cli import user_errors
 from hip.data.labelling import displacement_rng
 from hip.metrics import EXTREMUM_TYPES, TYPE_CORRECT_COLUMNS, extremum_classification, format_table
 from hip.optimize import (
@@ -70,7 +71,6 @@ from hip.optimize import (
     quartiles,
     select_methods,
     select_molecules,
-    user_errors,
     write_report,
 )
 

@@ -39,6 +39,7 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from hip.cli import user_errors
 from hip.metrics import format_table
 from hip.optimize import (
     GAUSSIAN_CRITERIA,
@@ -58,7 +59,6 @@ from hip.optimize import (
     parse_benchmark_args,
     select_methods,
     select_molecules,
-    user_errors,
     write_report,
 )
 from hip.vibrations import zero_point_energy
