@@ -26,3 +26,8 @@ ATOM_REFERENCE_ENERGY_EV: dict[int, float] = {
 
 #: Two atoms closer than this (Å) make a geometry invalid.
 MIN_INTERATOMIC_DISTANCE = 0.1
+
+#: eV/Å² → Hartree/Bohr² (force constants for ORCA and Gaussian files), from the two factors above.
+EV_PER_A2_TO_HARTREE_PER_BOHR2 = BOHR_TO_ANGSTROM**2 / HARTREE_TO_EV
+#: eV/Å → Hartree/Bohr (gradients and forces), from the two factors above.
+EV_PER_A_TO_HARTREE_PER_BOHR = BOHR_TO_ANGSTROM / HARTREE_TO_EV
