@@ -13,12 +13,12 @@ Sources followed:
   "Vibrational Frequencies" and §5.18 "Vibrational Spectroscopy", faccts.de/docs/orca): the Hessian file of
   a frequency run, its ``3N`` frequencies whose first 6 (5 for a linear molecule) are the projected-out
   rigid-body modes printed as exactly 0, then the vibrations in ascending order, imaginary ones negative;
-  the normal modes are "the Cartesian displacements weighted by the diagonal matrix M(i,i)=1/sqrt(m[i]) ...
-  normalized but *not* orthogonal", with zero columns for the rigid-body modes. The manual does not print
-  the file's grammar; the block layout (a ``$name`` line, the dimension(s), then columns in blocks of 5,
-  each block headed by its column indices and each row by its 0-based row index; ``$atoms`` as symbol,
-  mass in amu and coordinates in Bohr) is the one ORCA writes and its own ``orca_vib``/``orca_mapspc``
-  read.
+  the normal modes, as ORCA's output heads them, are "the Cartesian displacements weighted by the diagonal
+  matrix M(i,i)=1/sqrt(m[i]) ... normalized but *not* orthogonal", with zero columns for the rigid-body
+  modes. The manual does not print the file's grammar; the block layout (a ``$name`` line, the
+  dimension(s), then columns in blocks of 5, each block headed by its column indices and each row by its
+  0-based row index; ``$atoms`` as symbol, mass in amu and coordinates in Bohr) is the one ORCA writes
+  and its own ``orca_vib``/``orca_mapspc`` read.
 - Gaussian formatted checkpoint: written by qc-iodata (``iodata.formats.fchk``), which follows Gaussian's
   formchk layout: "Cartesian Force Constants" is the lower triangle of the Hessian row by row
   (H11, H21, H22, H31, ...) in Hartree/Bohr², "Cartesian Gradient" is dE/dx in Hartree/Bohr (minus the
@@ -94,9 +94,8 @@ def _numpy(x, name: str) -> np.ndarray:
 def _finite(a: np.ndarray, name: str) -> np.ndarray:
     bad = ~np.isfinite(a)
     if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (NaN or inf), the first at index "
-                         f"{list(first)}")
+        where = f", the first at index {[int(i) for i in np.argwhere(bad)[0]]}" if a.ndim else ""
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (NaN or inf){where}")
     return a
 
 
@@ -144,7 +143,10 @@ def check_molecule(numbers, positions, hessian, energy=None, forces=None, masses
             raise ValueError(f"forces have shape {f.shape}; {n} atoms need ({n}, 3)")
     e = None
     if energy is not None:
-        e = float(_finite(_numpy(energy, "energy").reshape(-1), "energy")[0])
+        e = _finite(_numpy(energy, "energy"), "energy")
+        if e.size != 1:
+            raise ValueError(f"energy must be one number (eV), got shape {e.shape}")
+        e = float(e.reshape(()))
     return Molecule(z, pos, h, m, e, f)
 
 
@@ -201,8 +203,8 @@ def _orca_blocks(matrix: np.ndarray) -> list[str]:
 def orca_hess_text(mol: Molecule, modes: NormalModes) -> str:
     """The text of an ORCA ``.hess`` file (sources in the module docstring).
 
-    Blocks: ``$orca_hessian_file``; ``$act_atom`` N − 1 and ``$act_coord`` 2 (ORCA's numerical-frequency
-    bookkeeping of the last displaced atom and coordinate, 0-based: the Hessian is complete);
+    Blocks: ``$orca_hessian_file``; ``$act_atom`` N − 1 and ``$act_coord`` 2 (the last displaced atom and
+    coordinate, 0-based, of ORCA's numerical-frequency restart bookkeeping: every displacement is done);
     ``$act_energy`` (Hartree; left out when no energy is given); ``$hessian`` (3N, then the matrix in
     Hartree/Bohr²); ``$vibrational_frequencies`` (3N rows ``k  ν̃`` in cm⁻¹); ``$normal_modes`` (``3N 3N``,
     then the columns of ``modes.modes``); ``$atoms`` (N rows: symbol, mass amu, x y z Bohr); ``$end``.

@@ -244,6 +244,8 @@ def test_unknown_format_names_the_allowed_ones(tmp_path):
     ("forces", np.zeros((3,)), r"forces have shape \(3,\); 3 atoms need \(3, 3\)"),
     ("numbers", [8, 1, 1.5], r"atomic numbers must be .* integers"),
     ("numbers", [8, 1, 200], r"atomic numbers \[200\] have no mass"),
+    ("energy", [1.0, 2.0], r"energy must be one number \(eV\), got shape \(2,\)"),
+    ("energy", float("nan"), r"^energy has 1 non-finite entries \(NaN or inf\)$"),
 ])
 def test_bad_input_is_named(tmp_path, field, value, message):
     kwargs = {"numbers": Z, "positions": POS, "hessian": spring_hessian(POS, SPRINGS), field: value}
