@@ -260,3 +260,13 @@ def test_nan_hessian_names_the_first_bad_entry(tmp_path):
     with pytest.raises(ValueError, match=r"hessian has 1 non-finite entries .* index \[0, 4\]"):
         write_formats(tmp_path, "w", ["fchk"], Z, POS, h)
     assert not list(tmp_path.iterdir())
+
+
+def test_tensors_are_accepted_like_arrays(tmp_path):
+    import torch
+
+    h = spring_hessian(POS, SPRINGS)
+    arrays = write_formats(tmp_path / "a", "w", list(FORMATS), Z, POS, h, energy=ENERGY, forces=-POS)
+    tensors = write_formats(tmp_path / "b", "w", list(FORMATS), torch.tensor(Z), torch.tensor(POS), torch.tensor(h),
+                            energy=torch.tensor(ENERGY), forces=torch.tensor(-POS))
+    assert [p.read_text() for p in arrays] == [p.read_text() for p in tensors]
