@@ -13,6 +13,7 @@ command knows which batches are already written (the parts' manifests) and skips
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from ase import Atoms
 from torch.utils.data import DataLoader, IterableDataset
 
 from hip.prediction_store import PredictionPart, done_batches, part_directory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -263,7 +266,8 @@ class PredictionModule(L.LightningModule):
 
 class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
     """Writes each batch as it finishes into this process's :class:`hip.prediction_store.PredictionPart`
-    (after restoring it to its last complete batch), with a progress bar of molecules/s on rank 0.
+    (after restoring it to its last complete batch), logs each frame's warnings and each skipped frame
+    (``predict.log``), and shows a progress bar of molecules/s on rank 0.
 
     Args:
         output_dir: the run directory.
@@ -289,6 +293,11 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
                            dataloader_idx: int = 0) -> None:
         predictions, skipped = prediction
         self.part.commit(batch.batch_id, predictions, skipped)
+        for p in predictions:
+            for message in p.warnings:
+                log.warning("frame %d (%s): %s", p.index, p.atoms.get_chemical_formula(), message)
+        for index, reason in skipped:
+            log.warning("frame %d skipped: %s", index, reason)
         self.bar.update(len(batch.frames) * trainer.world_size)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
