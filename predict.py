@@ -17,7 +17,6 @@ warnings (:class:`hip.calculator.HIPCalculator`).
 from __future__ import annotations
 
 import hashlib
-import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from hip.training import register_resolvers
 
 register_resolvers()
-log = logging.getLogger("predict")
 
 DTYPES = ("float32", "float64")
 
@@ -100,7 +98,7 @@ def run(cfg: DictConfig) -> Path:
         frame_loader,
         iter_batches,
     )
-    from hip.prediction_store import check_settings
+    from hip.prediction_store import check_settings, done_batches
 
     check_options(cfg)
     out_dir = Path(cfg.output_dir)
@@ -110,6 +108,8 @@ def run(cfg: DictConfig) -> Path:
     dataset = FrameBatches(cfg.input, cfg.eval.batch_size, cfg.window, out_dir)
     next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work
     check_settings(out_dir, settings(cfg))
+    if done := done_batches(out_dir):
+        print(f"predict.py: resuming, {len(done)} batches of {cfg.eval.batch_size} frames are already written")
     module = PredictionModule(calc.model, str(cfg.input), calculator_kwargs,
                               AnalysisSettings(cfg.imaginary_threshold_cm1, cfg.temperature, cfg.pressure),
                               skip_invalid=cfg.skip_invalid)
@@ -124,6 +124,7 @@ def run(cfg: DictConfig) -> Path:
 def report(out_dir: Path, cfg: DictConfig, max_rows: int = 20) -> None:
     """Print (and log to ``predict.log``) one line per frame for the first ``max_rows`` frames, the warning
     counts and where the outputs are."""
+    from hip.prediction import file_logger
     from hip.prediction_store import first_rows, iter_rows
 
     rows, n_frames, n_skipped = first_rows(out_dir, max_rows)
@@ -135,15 +136,17 @@ def report(out_dir: Path, cfg: DictConfig, max_rows: int = 20) -> None:
              f"  {'lowest [cm⁻¹]':>13}  {'ZPE [eV]':>8}  {'G [eV]':>14}  {'extremum':<24} warnings"]
     for r in rows:
         codes = ",".join(w.split(":", 1)[0] for w in r["warnings"].split("; ") if w) or "-"
+        gibbs = float(r["gibbs_energy_eV"] or "nan")
         lines.append(f"{r['frame']:>5}  {r['formula']:<12} {r['natoms']:>3}  {float(r['energy_eV']):>14.4f}  "
                      f"{float(r['max_force_eV_per_A']):>13.4f}  {r['n_imaginary']:>6}  {r['lowest_frequency_cm1']:>13}"
-                     f"  {float(r['zpe_eV']):>8.4f}  {r['gibbs_energy_eV'] or '-':>14}  {r['extremum']:<24} {codes}")
+                     f"  {float(r['zpe_eV']):>8.4f}  {gibbs:>14.4f}  {r['extremum']:<24} {codes}")
     if n_frames > max_rows:
         lines.append(f"... {n_frames - max_rows} more frames in summary.csv")
     if tally:
         lines.append("warnings (frames): " + ", ".join(f"{code} {n}" for code, n in tally.most_common())
                      + "; the messages are in summary.csv and predict.log")
     lines.append(f"wrote predictions.extxyz, summary.csv, frequencies.csv, hessians/ to {out_dir}")
+    log = file_logger()
     for line in lines:
         print(line)
         log.info(line)
@@ -161,7 +164,6 @@ def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "input"):
         sys.exit("predict.py: which molecules? python predict.py input=<file> (xyz, extxyz, traj, sdf, ...: "
                  "any file ase.io.read reads; every frame is predicted)")
-    logging.captureWarnings(True)
     with user_errors("predict.py"):
         run(cfg)
 

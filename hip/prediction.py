@@ -28,7 +28,15 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from hip.prediction_store import PredictionPart, done_batches, part_directory
 
-log = logging.getLogger(__name__)
+
+def file_logger(name: str = "hip.prediction") -> logging.Logger:
+    """A logger that writes only to the root logger's files (Hydra's ``predict.log``), not the console:
+    per-frame warnings and the summary table belong in the log without flooding the terminal."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return logger
 
 
 @dataclass
@@ -293,6 +301,7 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
                            dataloader_idx: int = 0) -> None:
         predictions, skipped = prediction
         self.part.commit(batch.batch_id, predictions, skipped)
+        log = file_logger()
         for p in predictions:
             for message in p.warnings:
                 log.warning("frame %d (%s): %s", p.index, p.atoms.get_chemical_formula(), message)
