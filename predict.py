@@ -1,148 +1,163 @@
-"""Energies, forces, Hessians and harmonic frequencies of every frame of a molecule file (paper §2, §4).
+"""Energies, forces, Hessians, frequencies and thermochemistry of every frame of a molecule file (paper §2, §4).
 
     python predict.py input=molecules.xyz
     python predict.py input=path.extxyz hessian=autodiff eval.device=cuda eval.batch_size=64
-    python predict.py input=ts.xyz ckpt_path=<checkpoint> write_modes=true
+    python predict.py input=ts.xyz ckpt_path=<checkpoint> formats=[hess,fchk,molden] dtype=float64
+    python predict.py input=library.xyz trainer=ddp trainer.devices=4 eval.device=cuda
 
-``input`` is any file ``ase.io.read`` understands (xyz, extxyz, traj, sdf, ...), all frames. Written to
-the run directory (``paths.output_dir``, printed at the end):
-
-* ``predictions.extxyz``: every frame with its energy (eV) and forces (eV/Å);
-* ``hessians.npz``: ``hessian_<frame>`` (3N, 3N) eV/Å² per frame, ``energy`` [F] eV, ``natoms`` [F];
-* ``frequencies.csv``: one row per vibrational mode: ``frame, mode, frequency_cm1`` (negative for
-  imaginary modes), ``imaginary`` (below −``imaginary_threshold_cm1``), and the frame's ``zpe_eV``,
-  ``n_imaginary`` and ``extremum`` (minimum, transition state, saddle point of order k);
-* with ``write_modes=true``, ``modes/frame_<frame>/`` (``modes.xyz`` and ``mode_KKK.traj``, ASE viewable).
-
-Frequencies are from the mass-weighted, Eckart-projected Hessian (:mod:`hip.vibrations`); energies
-and forces are documented in :class:`hip.calculator.HIPCalculator`.
+``input`` is any file ``ase.io.read`` understands (xyz, extxyz, traj, sdf, ...). Frames are read lazily
+and predicted in size-sorted batches; each batch is written as it finishes (:mod:`hip.prediction_store`
+lists the files), so the same command after a kill continues where it stopped. The run directory
+(``output_dir``, by default ``logs/predict/<input>-<hash of the settings>``) is printed first and last and
+holds ``predict.log`` with the warnings and the summary. Frequencies are from the mass-weighted,
+Eckart-projected Hessian (:mod:`hip.vibrations`); each frame carries the calculator's applicability
+warnings (:class:`hip.calculator.HIPCalculator`).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import sys
-import warnings
+from collections import Counter
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from hip.training import register_resolvers
 
 register_resolvers()
 
-#: Columns of ``frequencies.csv``.
-FREQUENCY_COLUMNS = ("frame", "mode", "frequency_cm1", "imaginary", "zpe_eV", "n_imaginary", "extremum")
+DTYPES = ("float32", "float64")
 
 
-def read_frames(path: str | Path) -> list:
-    """All frames of a molecule file, read by ASE one at a time.
+def run_name(input_path: str, *settings: str) -> str:
+    """``<input stem>-<8 hex digits>``: the default run directory's name, the same for the same input file
+    (absolute path) and model settings, so that rerunning a command resumes it."""
+    key = "\0".join([str(Path(input_path).resolve()), *map(str, settings)])
+    return f"{Path(input_path).stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+if not OmegaConf.has_resolver("predict_run_name"):
+    OmegaConf.register_new_resolver("predict_run_name", run_name)
+
+
+def check_options(cfg: DictConfig) -> None:
+    """One-line errors for options of the wrong kind, naming the option and what it accepts.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ASE cannot read a frame (the message names the file and the frame), or there is none.
+        ValueError: ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in :data:`DTYPES`;
+            ``formats`` not a list of known names; temperature or pressure not positive.
     """
-    import ase.io
+    from hip.prediction_store import FORMATS
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input {path} does not exist")
-    frames = []
-    try:
-        for atoms in ase.io.iread(path, index=":"):
-            frames.append(atoms)
-    except Exception as e:  # ASE raises many types (XYZError, KeyError, StopIteration, UnknownFileTypeError...)
-        raise ValueError(f"input {path} frame {len(frames)}: ASE cannot read it ({type(e).__name__}: {e})") from e
-    if not frames:
-        raise ValueError(f"input {path}: no frames")
-    return frames
+    for key in ("eval.batch_size", "window"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"option {key}={value!r}: give a positive integer")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"option dtype={cfg.dtype!r}: choose one of {list(DTYPES)}")
+    formats = cfg.formats
+    if not OmegaConf.is_list(formats) or any(f not in FORMATS for f in formats):
+        raise ValueError(f"option formats={formats!r}: give a list of {list(FORMATS)}, e.g. formats=[hess,molden]")
+    for key in ("temperature", "pressure"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"option {key}={value!r}: give a positive number")
+
+
+def settings(cfg: DictConfig) -> dict:
+    """What decides the outputs of a run directory (checked when a run resumes)."""
+    keys = ("input", "ckpt_path", "hessian", "energy", "dtype", "seed", "window", "skip_invalid", "formats",
+            "temperature", "pressure", "imaginary_threshold_cm1")
+    chosen = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_list(cfg[k]) else cfg[k] for k in keys}
+    chosen["input"] = str(Path(cfg.input).resolve())
+    chosen["batch_size"] = cfg.eval.batch_size  # batch numbers depend on it
+    return chosen
 
 
 def run(cfg: DictConfig) -> Path:
-    """Predict every frame of ``cfg.input`` and write the three outputs (see the module docstring).
+    """Predict every frame of ``cfg.input`` into ``cfg.output_dir`` (resuming what is there).
 
     Returns:
         The output directory.
 
     Raises:
         FileNotFoundError: input or checkpoint missing (named).
-        ValueError: an unreadable input or a bad frame (periodic, charged, open-shell, unknown element,
-            overlapping atoms), naming the file and frame.
+        IsADirectoryError: the input is a directory.
+        ValueError: a bad option, an unreadable input, a refused frame (periodic, charged, open-shell,
+            unknown element, overlapping atoms; unless ``skip_invalid``), or an output directory holding a
+            run with other settings; each names the file, frame or option.
     """
-    import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     from hip.calculator import HIPCalculator
-    from hip.vibrations import (
-        count_imaginary,
-        extremum_type,
-        vibrational_analysis,
-        write_normal_modes,
-        zero_point_energy,
+    from hip.prediction import (
+        AnalysisSettings,
+        FrameBatches,
+        PredictionModule,
+        PredictionWriter,
+        frame_loader,
+        iter_batches,
     )
+    from hip.prediction_store import check_settings, done_batches
 
-    frames = read_frames(cfg.input)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    calc = HIPCalculator(cfg.ckpt_path, device=cfg.eval.device, hessian_method=cfg.hessian, energy=cfg.energy,
-                         seed=cfg.seed)
-    names = [f"input {cfg.input} frame {i} ({atoms.get_chemical_formula()})" for i, atoms in enumerate(frames)]
-    results = calc.predict(frames, batch_size=cfg.eval.batch_size, progress=True, names=names)
-
-    rows, summary = [], []
-    for i, (atoms, result) in enumerate(zip(frames, results, strict=True)):
-        masses = atoms.get_masses()
-        frequencies = vibrational_analysis(result["hessian"], atoms.positions, atoms.numbers, masses).frequencies
-        frequencies = frequencies.numpy()
-        n_imaginary = count_imaginary(frequencies, cfg.imaginary_threshold_cm1)
-        with warnings.catch_warnings():  # imaginary modes are flagged in the table
-            warnings.simplefilter("ignore", UserWarning)
-            zpe = zero_point_energy(result["hessian"], atoms.positions, atoms.numbers, masses)
-        kind = extremum_type(n_imaginary)
-        rows += [(i, k, f"{nu:.4f}", bool(nu < -cfg.imaginary_threshold_cm1), f"{zpe:.6f}", n_imaginary, kind)
-                 for k, nu in enumerate(frequencies)]
-        summary.append((i, atoms.get_chemical_formula(), len(atoms), result["energy"],
-                        float(np.linalg.norm(result["forces"], axis=1).max()), n_imaginary,
-                        float(frequencies[0]) if len(frequencies) else float("nan"), zpe, kind))
-        atoms = atoms.copy()
-        atoms.calc = SinglePointCalculator(atoms, energy=result["energy"], forces=result["forces"])
-        ase.io.write(out_dir / "predictions.extxyz", atoms, format="extxyz", append=i > 0)
-        if cfg.write_modes:
-            write_normal_modes(result["hessian"], atoms, out_dir / "modes" / f"frame_{i}")
-
-    np.savez(out_dir / "hessians.npz", energy=np.array([r["energy"] for r in results]),
-             natoms=np.array([len(a) for a in frames]), **{f"hessian_{i}": r["hessian"] for i, r in enumerate(results)})
-    with open(out_dir / "frequencies.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FREQUENCY_COLUMNS)
-        writer.writerows(rows)
-    print_summary(summary, cfg)
-    print(f"wrote predictions.extxyz, hessians.npz, frequencies.csv to {out_dir}")
+    check_options(cfg)
+    out_dir = Path(cfg.output_dir)
+    print(f"predict.py: run directory {out_dir}")
+    calculator_kwargs = {"hessian_method": cfg.hessian, "energy": cfg.energy, "seed": cfg.seed}
+    calc = HIPCalculator(cfg.ckpt_path, device="cpu", **calculator_kwargs)  # checks the checkpoint and options
+    dataset = FrameBatches(cfg.input, cfg.eval.batch_size, cfg.window, out_dir)
+    next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work
+    check_settings(out_dir, settings(cfg))
+    if done := done_batches(out_dir):
+        print(f"predict.py: resuming, {len(done)} batches of {cfg.eval.batch_size} frames are already written")
+    module = PredictionModule(calc.model, str(cfg.input), calculator_kwargs,
+                              AnalysisSettings(cfg.imaginary_threshold_cm1, cfg.temperature, cfg.pressure),
+                              skip_invalid=cfg.skip_invalid)
+    writer = PredictionWriter(out_dir, list(cfg.formats))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer], _convert_="all")
+    trainer.predict(module, dataloaders=frame_loader(dataset), return_predictions=False)
+    if trainer.global_rank == 0:
+        report(out_dir, cfg)
     return out_dir
 
 
-def print_summary(summary: list[tuple], cfg: DictConfig, max_rows: int = 20) -> None:
-    """Print one line per frame (the first ``max_rows``): formula, N, energy eV, max |F| eV/Å, imaginary
-    modes, lowest frequency cm⁻¹, ZPE eV, extremum type."""
-    header = (f"{'frame':>5}  {'formula':<12} {'N':>3}  {'energy [eV]':>14}  {'max|F| [eV/Å]':>13}  {'n_imag':>6}"
-              f"  {'lowest [cm⁻¹]':>13}  {'ZPE [eV]':>8}  extremum")
-    print(f"{len(summary)} frames of {cfg.input}, Hessian: {cfg.hessian}, checkpoint {cfg.ckpt_path}")
-    print(header)
-    for frame, formula, n, energy, fmax, n_imag, lowest, zpe, kind in summary[:max_rows]:
-        print(f"{frame:>5}  {formula:<12} {n:>3}  {energy:>14.4f}  {fmax:>13.4f}  {n_imag:>6}  {lowest:>13.1f}"
-              f"  {zpe:>8.4f}  {kind}")
-    if len(summary) > max_rows:
-        print(f"... {len(summary) - max_rows} more frames in frequencies.csv")
+def report(out_dir: Path, cfg: DictConfig, max_rows: int = 20) -> None:
+    """Print (and log to ``predict.log``) one line per frame for the first ``max_rows`` frames, the warning
+    counts and where the outputs are."""
+    from hip.prediction import file_logger
+    from hip.prediction_store import first_rows, iter_rows
+
+    rows, n_frames, n_skipped = first_rows(out_dir, max_rows)
+    tally = Counter(w.split(":", 1)[0] for row in iter_rows(out_dir, "summary.csv")
+                    for w in row["warnings"].split("; ") if w)
+    lines = [f"{n_frames} frames of {cfg.input} predicted ({n_skipped} skipped, see skipped.csv), "
+             f"Hessian: {cfg.hessian}, checkpoint {cfg.ckpt_path}",
+             f"{'frame':>5}  {'formula':<12} {'N':>3}  {'energy [eV]':>14}  {'max|F| [eV/Å]':>13}  {'n_imag':>6}"
+             f"  {'lowest [cm⁻¹]':>13}  {'ZPE [eV]':>8}  {'G [eV]':>14}  {'extremum':<24} warnings"]
+    for r in rows:
+        codes = ",".join(w.split(":", 1)[0] for w in r["warnings"].split("; ") if w) or "-"
+        gibbs = float(r["gibbs_energy_eV"] or "nan")
+        lines.append(f"{r['frame']:>5}  {r['formula']:<12} {r['natoms']:>3}  {float(r['energy_eV']):>14.4f}  "
+                     f"{float(r['max_force_eV_per_A']):>13.4f}  {r['n_imaginary']:>6}  {r['lowest_frequency_cm1']:>13}"
+                     f"  {float(r['zpe_eV']):>8.4f}  {gibbs:>14.4f}  {r['extremum']:<24} {codes}")
+    if n_frames > max_rows:
+        lines.append(f"... {n_frames - max_rows} more frames in summary.csv")
+    if tally:
+        lines.append("warnings (frames): " + ", ".join(f"{code} {n}" for code, n in tally.most_common())
+                     + "; the messages are in summary.csv and predict.log")
+    lines.append(f"wrote predictions.extxyz, summary.csv, frequencies.csv, hessians/ to {out_dir}")
+    log = file_logger()
+    for line in lines:
+        print(line)
+        log.info(line)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python predict.py input=<file> [ckpt_path=...] [hessian=...] [eval.device=...]``.
 
-    A user mistake (missing or unreadable file or checkpoint, a bad frame) exits with status 1 and its
-    one-line message instead of a stack trace.
+    A user mistake (missing or unreadable file or checkpoint, a bad frame or option) exits with status 1
+    and its one-line message instead of a stack trace.
     """
     from hip.cli import user_errors
 

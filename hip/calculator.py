@@ -235,7 +235,7 @@ class HIPCalculator(Calculator):
         """
         super().calculate(atoms, properties, system_changes)
         want_hessian = self.hessian_method == "hip" or "hessian" in properties
-        graph = self._graph(self.atoms, f"atoms {self.atoms.get_chemical_formula()}")
+        graph = self.graph(self.atoms, f"atoms {self.atoms.get_chemical_formula()}")
         self.results = self._run([graph], want_hessian)[0]
 
     def predict(self, molecules: Sequence[Atoms], batch_size: int = 16, hessian: bool = True,
@@ -264,7 +264,7 @@ class HIPCalculator(Calculator):
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if names is None:
             names = [f"molecule {i} ({atoms.get_chemical_formula()})" for i, atoms in enumerate(molecules)]
-        graphs = [self._graph(atoms, name) for atoms, name in zip(molecules, names, strict=True)]
+        graphs = [self.graph(atoms, name) for atoms, name in zip(molecules, names, strict=True)]
         from tqdm.auto import tqdm
 
         results = []
@@ -274,7 +274,13 @@ class HIPCalculator(Calculator):
                 bar.update(len(graphs[start:start + batch_size]))
         return results
 
-    def _graph(self, atoms: Atoms, where: str):
+    def graph(self, atoms: Atoms, where: str):
+        """The model's input graph of ``atoms`` after the checks of :func:`check_closed_shell_molecule`.
+
+        Raises:
+            ValueError: naming ``where`` and the field: see :func:`check_closed_shell_molecule`, NaN
+                positions and atoms closer than 0.1 Å (:func:`hip.data.graphs.check_molecule`).
+        """
         check_closed_shell_molecule(atoms, self.elements, where)
         return self.model.graph_builder()(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions),
                                           where=where)

@@ -17,15 +17,16 @@ def user_errors(command: str, errors: tuple[type[Exception], ...] | None = None)
     Args:
         command: the name shown first, e.g. ``"eval.py"``.
         errors: the exception types that are the user's mistake; default: a missing file
-            (``FileNotFoundError``), an unreadable or refused checkpoint
-            (:class:`hip.model.checkpoints.CheckpointError`) and an invalid option or data entry
+            (``FileNotFoundError``), a directory where a file belongs (``IsADirectoryError``), an
+            unreadable or refused checkpoint (:class:`hip.model.checkpoints.CheckpointError`) and an
+            invalid option or data entry
             (``ValueError``, which includes :class:`hip.data.horm.HormDataError`). Wrap only the code
             where they are (set-up, input reading), so that a bug elsewhere keeps its traceback.
     """
     if errors is None:
         from hip.model.checkpoints import CheckpointError  # imported here: it loads the model code
 
-        errors = (FileNotFoundError, CheckpointError, ValueError)
+        errors = (FileNotFoundError, IsADirectoryError, CheckpointError, ValueError)
     try:
         yield
     except errors as e:
