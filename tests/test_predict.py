@@ -294,3 +294,23 @@ def test_two_ddp_processes_write_the_frames_one_process_writes(tmp_path, tiny_ch
     assert {p.name for p in (tmp_path / "two").glob("rank_*")} == {"rank_0", "rank_1"}
     assert all(read_manifest(tmp_path / "two" / f"rank_{r}") for r in (0, 1))  # both processes wrote batches
     _assert_same_predictions(tmp_path / "one", tmp_path / "two")
+
+
+def test_predict_writes_quantum_chemistry_formats(tmp_path, tiny_checkpoint):
+    from predict import run
+
+    from hip.constants import EV_PER_A2_TO_HARTREE_PER_BOHR2
+
+    ase.io.write(tmp_path / "two.xyz", [molecule("H2O"), molecule("NH3")])
+    out = run(predict_config(tmp_path, tmp_path / "two.xyz", tiny_checkpoint, "formats=[hess,fchk,molden]"))
+    written = read_predictions(out)
+    for frame in (0, 1):
+        names = sorted(p.name for p in (out / "formats").glob(f"frame_{frame}.*"))
+        assert names == [f"frame_{frame}.fchk", f"frame_{frame}.hess", f"frame_{frame}.molden"]
+        lines = (out / "formats" / f"frame_{frame}.hess").read_text().splitlines()
+        start = lines.index("$hessian")
+        n = int(lines[start + 1])
+        first = [float(x) for x in lines[start + 3].split()[1:]]  # row 0, columns 0..4
+        expected = written.hessians[frame][0, :5] * EV_PER_A2_TO_HARTREE_PER_BOHR2
+        assert n == 3 * len(written.frames[frame])
+        np.testing.assert_allclose(first, expected, rtol=1e-6, atol=1e-9)
