@@ -297,9 +297,8 @@ def test_two_ddp_processes_write_the_frames_one_process_writes(tmp_path, tiny_ch
 
 
 def test_predict_writes_quantum_chemistry_formats(tmp_path, tiny_checkpoint):
-    from predict import run
-
     from hip.constants import EV_PER_A2_TO_HARTREE_PER_BOHR2
+    from predict import run
 
     ase.io.write(tmp_path / "two.xyz", [molecule("H2O"), molecule("NH3")])
     out = run(predict_config(tmp_path, tmp_path / "two.xyz", tiny_checkpoint, "formats=[hess,fchk,molden]"))
