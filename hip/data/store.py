@@ -122,17 +122,18 @@ def open_shard(path: str | os.PathLike, write: bool = False, map_size: int = DEF
     resolved = path.resolve()
     with _LOCK:
         _drop_inherited()
-        if path.exists() and not path.is_file():
-            raise FileNotFoundError(f"HORM shard {path} is not a file")
-        if not write and not path.exists():
-            raise FileNotFoundError(f"HORM shard {path} not found")
+        inode = _inode(resolved)
         cached = _ENVS.get(str(resolved))
         if cached is not None:
-            env, inode, writable = cached
-            if inode == _inode(resolved) and (writable or not write):
+            env, opened, writable = cached
+            if opened == inode and (writable or not write):
                 return env
             env.close()  # the file was replaced, or read-only → writable: one environment per file
             del _ENVS[str(resolved)]
+        if inode is not None and not resolved.is_file():
+            raise FileNotFoundError(f"HORM shard {path} is not a file")
+        if not write and inode is None:
+            raise FileNotFoundError(f"HORM shard {path} not found")
         try:
             if write:
                 resolved.parent.mkdir(parents=True, exist_ok=True)
