@@ -31,6 +31,13 @@ Writing (the API for the labeller and any other writer of HORM-format shards):
   written shard is always one hip can read;
 * :func:`compact` rewrites a finished shard without free pages.
 
+For example, a writer of predictions in HORM's format::
+
+    from hip.data import store
+    entries = [store.make_entry(z, pos, e, e - e_ref, f, h, rxn=i) for i, (z, pos, e, f, h) in enumerate(rows)]
+    store.write_entries("predictions.lmdb", enumerate(entries))   # one transaction: all or nothing
+    store.compact("predictions.lmdb")                              # when finished
+
 Reading: :func:`shard_length`, :func:`read_raw`, :func:`read_entry`, :func:`has_entry`,
 :func:`iter_entries`. Errors name the shard, the key and, where one is at fault, the field
 (:class:`HormDataError`).
