@@ -15,7 +15,7 @@ def test_figure_saves_a_png_and_leaves_matplotlib_global_state_alone(tmp_path):
     previous, open_figures = matplotlib.get_backend(), plt.get_fignums()
     matplotlib.use("svg")  # a user's backend, which the harness must not switch
     try:
-        with figure(tmp_path / "f.png", ncols=2, size=(4, 2)) as (fig, axes):
+        with figure(tmp_path / "f.png", ncols=2, size=(4, 2)) as (_, axes):
             axes[0].plot([0, 1], [1, 0])
             axes[1].bar([0, 1], [2, 3])
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
