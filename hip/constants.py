@@ -7,10 +7,18 @@ Sources: CODATA 2018 conversion factors; HORM element order and reference energi
 
 from __future__ import annotations
 
+import math
+
+import ase.units
+
 #: 1 Hartree in eV (CODATA 2018).
 HARTREE_TO_EV = 27.211386245988
 #: 1 Bohr in Å (CODATA 2018).
 BOHR_TO_ANGSTROM = 0.529177210903
+#: 1 Hartree/Bohr (a force, PySCF's and Gaussian's unit) in eV/Å.
+HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM = HARTREE_TO_EV / BOHR_TO_ANGSTROM
+#: 1 Hartree/Bohr² (a Hessian entry) in eV/Å².
+HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2 = HARTREE_TO_EV / BOHR_TO_ANGSTROM**2
 
 #: Column order of HORM's ``one_hot`` field: H, C, N, O, F.
 HORM_ELEMENTS: tuple[int, ...] = (1, 6, 7, 8, 9)
@@ -27,7 +35,10 @@ ATOM_REFERENCE_ENERGY_EV: dict[int, float] = {
 #: Two atoms closer than this (Å) make a geometry invalid.
 MIN_INTERATOMIC_DISTANCE = 0.1
 
-#: eV/Å² → Hartree/Bohr² (force constants for ORCA and Gaussian files), from the two factors above.
-EV_PER_A2_TO_HARTREE_PER_BOHR2 = BOHR_TO_ANGSTROM**2 / HARTREE_TO_EV
-#: eV/Å → Hartree/Bohr (gradients and forces), from the two factors above.
-EV_PER_A_TO_HARTREE_PER_BOHR = BOHR_TO_ANGSTROM / HARTREE_TO_EV
+# Wavenumber of a mass-weighted eigenvalue. In ase.units, length is Å, energy eV and mass amu
+# (ase.units.kg = 1/_amu), so the time unit is Å·sqrt(amu/eV), and ase.units.s = 1e10·sqrt(_e/_amu) is
+# the number of those time units in one second. An eigenvalue λ of the mass-weighted Hessian, in
+# eV/(Å²·amu), is ω² in (time unit)⁻²; hence ω [rad/s] = sqrt(λ)·ase.units.s, and the wavenumber is
+# ν̃ = ω / (2π·c) with c = 100·_c in cm/s. Numerically ≈ 521.47 cm⁻¹ per sqrt(eV/(Å²·amu)).
+#: cm⁻¹ per sqrt(eV/(Å²·amu)): ν̃ = sign(λ)·sqrt(|λ|)·this.
+EV_PER_A2_AMU_TO_CM1 = ase.units.s / (2.0 * math.pi * 100.0 * ase.units._c)

@@ -48,8 +48,8 @@ import torch
 
 from hip.constants import (
     BOHR_TO_ANGSTROM,
-    EV_PER_A2_TO_HARTREE_PER_BOHR2,
-    EV_PER_A_TO_HARTREE_PER_BOHR,
+    HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2,
+    HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
     HARTREE_TO_EV,
 )
 from hip.vibrations import atomic_masses, vibrational_analysis
@@ -218,7 +218,7 @@ def orca_hess_text(mol: Molecule, modes: NormalModes) -> str:
     lines = ["", "$orca_hessian_file", "", "$act_atom", f"  {n - 1}", "", "$act_coord", "  2", ""]
     if mol.energy is not None:
         lines += ["$act_energy", f"  {mol.energy / HARTREE_TO_EV:20.12f}", ""]
-    lines += ["$hessian", f"{n3}", *_orca_blocks(mol.hessian * EV_PER_A2_TO_HARTREE_PER_BOHR2), ""]
+    lines += ["$hessian", f"{n3}", *_orca_blocks(mol.hessian / HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2), ""]
     lines += ["$vibrational_frequencies", f"{n3}"]
     lines += [f"{k:5d}   {f:16.6f}" for k, f in enumerate(modes.frequencies)] + [""]
     lines += ["$normal_modes", f"{n3} {n3}", *_orca_blocks(modes.modes), ""]
@@ -284,9 +284,9 @@ def write_fchk(path: str | Path, mol: Molecule, title: str = _TITLE, charge: int
     data = IOData(
         title=title[:72], run_type="freq", lot="HIP", charge=charge,
         atnums=mol.numbers, atcoords=mol.positions / BOHR_TO_ANGSTROM, atmasses=mol.masses * amu,
-        athessian=mol.hessian * EV_PER_A2_TO_HARTREE_PER_BOHR2,
+        athessian=mol.hessian / HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2,
         energy=None if mol.energy is None else mol.energy / HARTREE_TO_EV,
-        atgradient=None if mol.forces is None else -mol.forces * EV_PER_A_TO_HARTREE_PER_BOHR,
+        atgradient=None if mol.forces is None else -mol.forces / HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
     )
     # qc-iodata 1.0's iodata.dump_one first runs the fchk module's prepare_dump, which demands an orbital
     # basis set (prepare_segmented) even when, as here, there are no orbitals to prepare; the format

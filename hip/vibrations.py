@@ -16,7 +16,6 @@ ideal-gas thermochemistry through ASE's ``IdealGasThermo``, and normal modes thr
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,13 +28,7 @@ import torch
 from ase import Atoms
 from ase.vibrations import VibrationsData
 
-# Wavenumber of a mass-weighted eigenvalue. In ase.units, length is Å, energy eV and mass amu
-# (ase.units.kg = 1/_amu), so the time unit is Å·sqrt(amu/eV), and ase.units.s = 1e10·sqrt(_e/_amu) is
-# the number of those time units in one second. An eigenvalue λ of the mass-weighted Hessian, in
-# eV/(Å²·amu), is ω² in (time unit)⁻²; hence ω [rad/s] = sqrt(λ)·ase.units.s, and the wavenumber is
-# ν̃ = ω / (2π·c) with c = 100·_c in cm/s. Numerically ≈ 521.47 cm⁻¹ per sqrt(eV/(Å²·amu)).
-#: cm⁻¹ per sqrt(eV/(Å²·amu)): ν̃ = sign(λ)·sqrt(|λ|)·this.
-EV_PER_A2_AMU_TO_CM1 = ase.units.s / (2.0 * math.pi * 100.0 * ase.units._c)
+from hip.constants import EV_PER_A2_AMU_TO_CM1
 
 #: A rotation vector whose norm is below this fraction of the largest one is dropped (linear molecule).
 ROTATION_NORM_TOL = 1e-5

@@ -22,23 +22,17 @@ import statistics
 import time
 from pathlib import Path
 
-import lmdb
 import torch
 
+from hip.data import store
 from hip.safe_loading import safe_loads
 
 HORM_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "horm" / "sample_100.lmdb"
 
 
 def read_values(path: Path) -> list[bytes]:
-    """Every entry ``0 … length−1`` of a HORM-format shard, as stored (the ``length`` key read with
-    :func:`safe_loads`)."""
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return [txn.get(str(i).encode()) for i in range(int(safe_loads(txn.get(b"length"))))]
-    finally:
-        env.close()
+    """Every entry ``0 … length−1`` of a HORM-format shard, as stored (:mod:`hip.data.store`)."""
+    return [store.read_raw(path, i) for i in range(store.shard_length(path))]
 
 
 def time_per_entry(load, values: list[bytes]) -> float:

@@ -532,15 +532,15 @@ def write_csv(results: list[Result], path: Path, meta: dict) -> None:
 
 
 def plot(results: list[Result], path: Path, title: str) -> None:
-    import matplotlib
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     style = {"forward": ("tab:gray", "s"), "hip": ("tab:orange", "o"), "ad_vec": ("tab:blue", "^"),
              "ad_loop": ("tab:cyan", "v"), "fd": ("tab:green", "D")}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig = Figure(figsize=(15, 4.4))  # its own Agg canvas: Matplotlib's global backend is left alone
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     panels = [(axes[0], "single", "natoms", lambda r: r.seconds * 1e3, "a  Time (single molecule)",
                "atoms N", "time (ms)"),
               (axes[1], "single", "natoms", lambda r: r.peak_mib, "b  Peak memory (single molecule)",
@@ -572,7 +572,6 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     fig.suptitle(title + "   (dotted: eager path; hollow: AD/FD rows partly extrapolated)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 # ---- main -----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 Every molecule is noised (Gaussian, per-atom RMS ``--noise`` Å, paper 0.5 Å; seeded per molecule
 name, so a resumed or extended run draws the same start) and relaxed from that start by each method
-of :data:`hip.optimize.RELAXATION_METHODS`:
+of :data:`hip.benchmarks.RELAXATION_METHODS`:
 
 * ``rfo_hip``, ``rfo_ad``, ``rfo_fd``: Sella's RS-RFO with a fresh HIP / autodiff / finite-difference
   Hessian before every step;
@@ -38,21 +38,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from hip.cli import user_errors
-from hip.data.labelling import displacement_rng
-from hip.metrics import format_table
-from hip.optimize import (
-    GAUSSIAN_CRITERIA,
+from hip.benchmarks import (
     RELAXATION_METHODS,
-    OptimizerSpec,
     ResultsLog,
     add_common_arguments,
     attach,
-    calculator_hessian,
     common_settings,
     figure,
     model_calculators,
-    optimize,
     parse_benchmark_args,
     perturb,
     quartiles,
@@ -60,6 +53,10 @@ from hip.optimize import (
     select_molecules,
     write_report,
 )
+from hip.cli import user_errors
+from hip.data.labelling import displacement_rng
+from hip.metrics import format_table
+from hip.optimize import GAUSSIAN_CRITERIA, OptimizerSpec, calculator_hessian, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("Converged [%]", "Timed out [%]", "Steps Q1", "Steps median", "Steps Q3", "Time Q1 [s]", "Time median [s]",

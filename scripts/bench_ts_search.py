@@ -4,7 +4,7 @@
 ReactBench's growing-string stage is out of scope: the search starts from TS guesses, by default the
 geometries of the HORM sample shard whose DFT Hessian has exactly one negative eigenvalue after mass
 weighting and Eckart projection (48 of its 100), optionally noised (``--noise``). Each guess is
-refined by every method of :data:`hip.optimize.TS_SEARCH_METHODS`: Sella's RS-P-RFO (``order=1``) with
+refined by every method of :data:`hip.benchmarks.TS_SEARCH_METHODS`: Sella's RS-P-RFO (``order=1``) with
 a fresh HIP / autodiff / finite-difference Hessian every step (``prfo_hip``, ``prfo_ad``,
 ``prfo_fd``) or with one at the start and TS-BFGS updates (``prfo_bfgs_*``), ``--max-steps`` (50)
 steps and ``--time-limit`` seconds (60 s by default, so that per-step finite differences stay
@@ -14,11 +14,11 @@ affordable on a CPU; ``0`` lifts it), "Gaussian default" criteria. The paper's s
 2. TS success: the method's own Hessian at the end has exactly one negative mode (frequency
    analysis with ``eval.py``'s threshold); "converged & TS" is paper Table 8's "Both";
 3. IRC verified: Sella's IRC both ways from a TS success (``--irc-steps``), each end then relaxed,
-   reaches two distinct minima (:func:`hip.optimize.irc_verify`, within ``--time-limit``; the
+   reaches two distinct minima (:func:`hip.irc.irc_verify`, within ``--time-limit``; the
    reaction's own reactant and product are not known here);
 4. with ``--dft-verify K``: K found TSs per method (IRC-verified ones first, then the other TS
    successes; with ``--dft-every-end`` then any other search end) recomputed with PySCF at HORM's
-   level (ωB97X/6-31G(d), :mod:`hip.data.labelling`):
+   level (ωB97X/6-31G(d), :mod:`hip.dft`):
    "DFT TS" = exactly one negative DFT mode, "DFT converged TS" = that and DFT force RMS below
    2e-3 Hartree/Bohr. Minutes per molecule on 2 CPU cores; each result is written as it finishes.
 
@@ -47,25 +47,15 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from hip.cli import user_errors
-from hip.data.labelling import displacement_rng
-from hip.metrics import EXTREMUM_TYPES, TYPE_CORRECT_COLUMNS, extremum_classification, format_table
-from hip.optimize import (
-    GAUSSIAN_CRITERIA,
+from hip.benchmarks import (
     TS_SEARCH_METHODS,
     ResultsLog,
     add_common_arguments,
     add_dft_arguments,
-    aligned_rmsd,
     attach,
-    calculator_hessian,
     common_settings,
-    count_negative_modes,
-    dft_verify,
     figure,
-    irc_verify,
     model_calculators,
-    optimize,
     parse_benchmark_args,
     perturb,
     quartiles,
@@ -73,6 +63,12 @@ from hip.optimize import (
     select_molecules,
     write_report,
 )
+from hip.cli import user_errors
+from hip.data.labelling import displacement_rng
+from hip.dft import dft_verify
+from hip.irc import aligned_rmsd, irc_verify
+from hip.metrics import EXTREMUM_TYPES, TYPE_CORRECT_COLUMNS, extremum_classification, format_table
+from hip.optimize import GAUSSIAN_CRITERIA, calculator_hessian, count_negative_modes, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 HORM_SAMPLE = ROOT / ".." / "shared" / "horm" / "sample_100.lmdb"

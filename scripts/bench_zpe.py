@@ -39,28 +39,26 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from hip.cli import user_errors
-from hip.metrics import format_table
-from hip.optimize import (
-    GAUSSIAN_CRITERIA,
-    HA_PER_BOHR_IN_EV_PER_A,
+from hip.benchmarks import (
     HESSIAN_LABELS,
     RELAXATION_METHODS,
-    DFTCalculator,
     Molecule,
     ResultsLog,
     add_common_arguments,
     add_dft_arguments,
     common_settings,
-    count_negative_modes,
     figure,
     model_calculators,
-    optimize,
     parse_benchmark_args,
     select_methods,
     select_molecules,
     write_report,
 )
+from hip.cli import user_errors
+from hip.constants import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
+from hip.dft import DFTCalculator
+from hip.metrics import format_table
+from hip.optimize import GAUSSIAN_CRITERIA, count_negative_modes, optimize
 from hip.vibrations import zero_point_energy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                      "zpe": zpe_model, "zpe_dft": zpe_dft, "imaginary_modes": imaginary,
                      "imaginary_modes_dft": imaginary_dft, "hessian_time": seconds,
                      "dft_force_rms_ha_per_bohr": float(np.sqrt((molecule.dft_forces**2).mean()))
-                     / HA_PER_BOHR_IN_EV_PER_A})
+                     / HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM})
     rows = [r for r in log.rows if r["molecule"] in names and r["method"] in args.hessians]
     table = summarize(rows, pairs, args.hessians)
     geometry = ("DFT-relaxed (Gaussian tight)" if args.relax_with == "dft"

@@ -19,7 +19,8 @@ Examples:
   python scripts/label_dft.py --check-horm ../shared/horm/sample_100.lmdb --index 83
   python scripts/label_dft.py --stats data/embedded/train.lmdb data/embedded/val.lmdb
 
-The logic lives in :mod:`hip.data.labelling`; this file only parses arguments and prints progress.
+The logic lives in :mod:`hip.data.labelling` (the plan), :mod:`hip.dft` (PySCF) and :mod:`hip.data.store`
+(the LMDB files); this file only parses arguments and prints progress.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hip import dft
 from hip.data import labelling as lab
+from hip.data import store
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,10 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--output-dir", type=Path, metavar="DIR", help="write DIR/train.lmdb and DIR/val.lmdb")
     out.add_argument("--val-fraction", type=float, default=0.2, help="fraction of molecules in val (0.2)")
     out.add_argument("--no-compact", action="store_true", help="do not compact the LMDB files at the end")
-    dft = p.add_argument_group("level of theory (defaults: HORM's)")
-    dft.add_argument("--xc", default=lab.HORM_XC)
-    dft.add_argument("--basis", default=lab.HORM_BASIS)
-    dft.add_argument("--max-memory", type=int, default=None, help="PySCF memory budget, MB")
+    level = p.add_argument_group("level of theory (defaults: HORM's)")
+    level.add_argument("--xc", default=dft.HORM_XC)
+    level.add_argument("--basis", default=dft.HORM_BASIS)
+    level.add_argument("--max-memory", type=int, default=None, help="PySCF memory budget, MB")
     modes = p.add_argument_group("other modes")
     modes.add_argument("--check-horm", type=Path, metavar="LMDB", help="recompute one HORM entry and compare")
     modes.add_argument("--index", type=int, default=83, help="entry for --check-horm (83)")
@@ -72,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_horm(args: argparse.Namespace) -> None:
     print(f"recomputing {args.check_horm} entry {args.index}, xc={args.xc} basis={args.basis}", flush=True)
-    r = lab.compare_with_horm(args.check_horm, args.index, xc=args.xc, basis=args.basis,
+    r = dft.compare_with_horm(args.check_horm, args.index, xc=args.xc, basis=args.basis,
                               max_memory_mb=args.max_memory)
     print(f"natoms            {int(r['natoms'])}")
     print(f"ΔE (ours−HORM)    {r['delta_energy_mev']:+.2f} meV   (Δae {r['delta_ae_mev']:+.2f} meV)")
@@ -97,40 +100,38 @@ def label(args: argparse.Namespace) -> None:
     for i, mol in enumerate(molecules):
         dest = splits[i] if splits else "all"
         print(f"molecule {i:3d} {mol.name:12s} {len(mol.numbers):2d} atoms -> {dest}")
-    envs = {s: lab.open_lmdb(p) for s, p in paths.items() if s in {g.split for g in plan}}
-    print(f"{len(plan)} geometries; outputs: " + ", ".join(f"{s}={paths[s]}" for s in envs), flush=True)
+    used = [s for s in paths if s in {g.split for g in plan}]
+    for s in used:  # created now (empty shards), so that an unwritable output fails before any DFT
+        store.open_shard(paths[s], write=True)
+    print(f"{len(plan)} geometries; outputs: " + ", ".join(f"{s}={paths[s]}" for s in used), flush=True)
 
     t_run = time.perf_counter()
     per_molecule: dict[str, float] = {}
     done = skipped = 0
-    try:
-        for n, g in enumerate(plan, 1):
-            env = envs[g.split]
-            head = (f"[{n}/{len(plan)}] {g.geometry.name} (id {g.molecule_id}, variant {g.variant}, "
-                    f"{len(g.geometry.numbers)} atoms) -> {g.split}[{g.key}]")
-            if lab.has_entry(env, g.key):
-                lab.check_planned_entry(env, g)
-                skipped += 1
-                print(f"{head}: already stored, skipped", flush=True)
-                continue
-            labels = lab.label_molecule(g.geometry.numbers, g.geometry.positions, xc=args.xc,
-                                        basis=args.basis, max_memory_mb=args.max_memory)
-            lab.write_entry(env, g.key, lab.make_horm_data(labels, rxn=g.molecule_id))
-            done += 1
-            t = labels.timings
-            per_molecule[g.geometry.name] = per_molecule.get(g.geometry.name, 0.0) + t["total"]
-            print(f"{head}: scf {t['scf']:.1f} s, grad {t['gradient']:.1f} s, hessian {t['hessian']:.1f} s, "
-                  f"total {t['total']:.1f} s; E {labels.energy:.4f} eV, ae {labels.ae:.4f} eV, "
-                  f"max|F| {np.abs(labels.forces).max():.3f} eV/Å", flush=True)
-    finally:
-        for env in envs.values():
-            env.close()
+    for n, g in enumerate(plan, 1):
+        path = paths[g.split]
+        head = (f"[{n}/{len(plan)}] {g.geometry.name} (id {g.molecule_id}, variant {g.variant}, "
+                f"{len(g.geometry.numbers)} atoms) -> {g.split}[{g.key}]")
+        if store.has_entry(path, g.key):
+            lab.check_planned_entry(path, g)
+            skipped += 1
+            print(f"{head}: already stored, skipped", flush=True)
+            continue
+        labels = dft.label_molecule(g.geometry.numbers, g.geometry.positions, xc=args.xc,
+                                    basis=args.basis, max_memory_mb=args.max_memory)
+        store.write_entry(path, g.key, lab.make_horm_data(labels, rxn=g.molecule_id))
+        done += 1
+        t = labels.timings
+        per_molecule[g.geometry.name] = per_molecule.get(g.geometry.name, 0.0) + t["total"]
+        print(f"{head}: scf {t['scf']:.1f} s, grad {t['gradient']:.1f} s, hessian {t['hessian']:.1f} s, "
+              f"total {t['total']:.1f} s; E {labels.energy:.4f} eV, ae {labels.ae:.4f} eV, "
+              f"max|F| {np.abs(labels.forces).max():.3f} eV/Å", flush=True)
     print(f"labelled {done}, skipped {skipped}, wall {time.perf_counter() - t_run:.1f} s")
     for name, secs in per_molecule.items():
         print(f"  time {name:12s} {secs:7.1f} s")
     if not args.no_compact:
-        for s in envs:
-            size = lab.compact_lmdb(paths[s])
+        for s in used:
+            size = store.compact(paths[s])
             print(f"compacted {paths[s]}: {size / 1024:.0f} KiB")
     print("done", flush=True)
 

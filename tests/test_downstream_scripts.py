@@ -17,7 +17,8 @@ import pytest
 from ase.build import molecule
 from test_calculator import write_tiny_checkpoint
 
-from hip.optimize import GAUSSIAN_CRITERIA, HA_PER_BOHR_IN_EV_PER_A
+from hip.constants import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
+from hip.optimize import GAUSSIAN_CRITERIA
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -134,7 +135,7 @@ def test_bench_zpe_on_stored_and_dft_relaxed_geometries(tiny, tmp_path):
                  "--hessians", "hip", "--output", str(tmp_path / "relaxed")])
     (relaxed,) = rows(tmp_path / "relaxed" / "dft_relaxed")
     assert relaxed["relax_converged"]
-    forces = np.asarray(relaxed["forces"]) / HA_PER_BOHR_IN_EV_PER_A
+    forces = np.asarray(relaxed["forces"]) / HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
     internal = forces - forces.mean(0)  # the DFT grid leaves a net force of ~2e-5 Hartree/Bohr
     assert np.abs(internal).max() < GAUSSIAN_CRITERIA["tight"].max_force
     (row,) = rows(tmp_path / "relaxed")

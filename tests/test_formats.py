@@ -173,9 +173,10 @@ def test_hess_hessian_block_round_trips(tmp_path):
     z, pos, h = _random_molecule()
     (path,) = write_formats(tmp_path, "m", ["hess"], z, pos, h)
     text = path.read_text()
-    from hip.constants import EV_PER_A2_TO_HARTREE_PER_BOHR2
+    from hip.constants import HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2
 
-    np.testing.assert_allclose(parse_orca_block(text, "$hessian") / EV_PER_A2_TO_HARTREE_PER_BOHR2, h, rtol=1e-10)
+    hessian = parse_orca_block(text, "$hessian") * HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2
+    np.testing.assert_allclose(hessian, h, rtol=1e-10)
     modes = parse_orca_block(text, "$normal_modes")
     assert modes.shape == (12, 12) and not modes[:, :6].any()
     np.testing.assert_allclose(np.linalg.norm(modes[:, 6:], axis=0), 1.0, rtol=1e-9)

@@ -1,4 +1,5 @@
-"""Tests of hip.optimize on an analytic surface whose minima and saddle are known in closed form.
+"""Tests of hip.optimize, hip.convergence, hip.irc and the benchmark harness on an analytic surface
+whose minima and saddle are known in closed form.
 
 The surface: three H atoms, two harmonic bonds r12, r23 (k, r0) and a symmetric double well in the
 1–3 distance, V(r13) = h((r13 − c)²/w² − 1)². Its minima have r12 = r23 = r0 and r13 = c ± w; its
@@ -18,24 +19,17 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from hip.optimize import (
-    GAUSSIAN_CRITERIA,
+from hip.benchmarks import (
     RELAXATION_METHODS,
     TS_SEARCH_METHODS,
-    ConvergenceCriteria,
     ResultsLog,
-    WorkEnergy,
-    aligned_rmsd,
-    calculator_hessian,
-    count_negative_modes,
-    dft_verify,
-    irc_verify,
     load_molecules,
-    optimize,
     perturb,
-    remove_rigid_body,
     select_methods,
 )
+from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria, remove_rigid_body
+from hip.irc import aligned_rmsd, irc_verify
+from hip.optimize import WorkEnergy, calculator_hessian, count_negative_modes, optimize
 
 K, R0, H, C, W = 30.0, 1.0, 0.5, 1.5, 0.3  # eV/Å², Å, eV, Å, Å
 METHODS = {spec.key: spec for spec in (*RELAXATION_METHODS, *TS_SEARCH_METHODS)}
@@ -260,39 +254,3 @@ def test_results_log_resumes_and_refuses_other_settings(tmp_path):
     assert [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()] == again.rows
     with pytest.raises(ValueError, match=r"settings\.json.*noise: stored 0\.5, now 0\.3"):
         ResultsLog(tmp_path, {"noise": 0.3}, ("molecule", "method"))
-
-
-# ---- DFT verification (cheap basis) ---------------------------------------------------------------
-def test_dft_verify_matches_pyscf_on_water():
-    """Water near its minimum: no negative DFT mode, not a TS; the force RMS equals PySCF's gradient RMS."""
-    pytest.importorskip("pyscf")
-    from ase.build import molecule
-    from pyscf import dft, gto
-
-    water = molecule("H2O")
-    check = dft_verify(water, basis="sto-3g")
-    assert check.negative_modes == 0 and not check.ts and not check.converged_ts
-    mol = gto.M(atom=[(s, p) for s, p in zip(water.get_chemical_symbols(), water.positions.tolist(), strict=True)],
-                basis="sto-3g", unit="Angstrom", verbose=0)
-    mf = dft.RKS(mol)
-    mf.xc = "wb97x"
-    mf.kernel()
-    gradient = mf.nuc_grad_method().kernel()  # Hartree/Bohr
-    assert check.force_rms == pytest.approx(float(np.sqrt((gradient**2).mean())), rel=1e-4)
-
-
-def test_dft_verify_finds_the_one_imaginary_mode_of_planar_ammonia():
-    """Planar (D3h) NH3 is the first-order saddle of the umbrella inversion: one negative DFT mode, a TS."""
-    pytest.importorskip("pyscf")
-    angles = np.deg2rad([0.0, 120.0, 240.0])
-    ammonia = Atoms("NH3", positions=[[0, 0, 0], *(1.02 * np.stack([np.cos(angles), np.sin(angles), 0 * angles], 1))])
-    check = dft_verify(ammonia, basis="sto-3g")
-    assert check.negative_modes == 1 and check.ts and not check.error
-    assert check.lowest_frequencies[0] < -100 < 0 < check.lowest_frequencies[1]  # the umbrella, cm⁻¹
-    assert check.converged_ts == (check.force_rms < check.FORCE_RMS_THRESHOLD)
-
-
-def test_dft_verify_records_a_failed_calculation_instead_of_raising():
-    check = dft_verify(Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]]), basis="sto-3g")  # 9 electrons: no RKS
-    assert check.error.startswith("ValueError") and "odd number of electrons" in check.error
-    assert check.negative_modes is None and not check.ts and not check.converged_ts

@@ -25,9 +25,8 @@ from omegaconf import OmegaConf
 from torch_geometric.data import Data
 
 from hip import HIPEquiformerV2, load_checkpoint
-from hip.data import HormDataError, HormDataset
-from hip.data import labelling as lab
-from hip.data.horm import close_shards, open_shard
+from hip.data import HormDataError, HormDataset, store
+from hip.data.store import close_shards, open_shard
 from hip.model.checkpoints import CheckpointError, read_checkpoint
 from hip.safe_loading import RefusedGlobalError, safe_loads
 from hip.training import HIPModule
@@ -162,19 +161,12 @@ def test_malicious_length_and_labeller_reads_are_refused(tmp_path):
         HormDataset(shard)
     close_shards([shard])
     labelled = write_lmdb(tmp_path / "labelled.lmdb", {b"0": evil, b"length": pickle.dumps(1)})
-    env = lab.open_lmdb(labelled, readonly=True)
-    try:
-        assert lab.lmdb_length(env) == 1
-        with pytest.raises(HormDataError, match=r"labelled\.lmdb key b'0': refused: .*'io\.open'"):
-            lab.read_entry(env, 0)
-    finally:
-        env.close()
-    env = lab.open_lmdb(shard, readonly=True)
-    try:
-        with pytest.raises(HormDataError, match=r"length\.lmdb key b'length': refused"):
-            lab.lmdb_length(env)
-    finally:
-        env.close()
+    assert store.shard_length(labelled) == 1
+    with pytest.raises(HormDataError, match=r"labelled\.lmdb key b'0': refused: .*'io\.open'"):
+        store.read_entry(labelled, 0)
+    with pytest.raises(HormDataError, match=r"length\.lmdb key b'length': refused"):
+        store.shard_length(shard)
+    close_shards([shard, labelled])
     assert not marker.exists()
 
 

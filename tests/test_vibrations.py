@@ -12,10 +12,10 @@ import pytest
 import scipy.constants
 import torch
 from ase import Atoms
+from conftest import HORM_SAMPLE
 
-from hip.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from hip.constants import EV_PER_A2_AMU_TO_CM1, HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2, HARTREE_TO_EV
 from hip.vibrations import (
-    EV_PER_A2_AMU_TO_CM1,
     atomic_masses,
     eckart_project,
     eckart_projector,
@@ -23,8 +23,6 @@ from hip.vibrations import (
     mass_weight,
     vibrational_analysis,
 )
-
-HORM_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "horm" / "sample_100.lmdb"
 
 # a non-planar 5-atom molecule (CH3OH-like heavy frame, arbitrary but fixed)
 POS5 = np.array([[0.0, 0.0, 0.0], [1.43, 0.0, 0.0], [-0.36, 1.03, 0.0],
@@ -245,7 +243,7 @@ def test_water_frequencies_match_pyscf(pyscf_water):
     n = mol.natm
     z = torch.tensor([int(c) for c in mol.atom_charges()])
     masses = atomic_masses(z)
-    h = hess_au.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n) * HARTREE_TO_EV / BOHR_TO_ANGSTROM**2
+    h = hess_au.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n) * HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2
     ours = vibrational_analysis(h, torch.tensor(mol.atom_coords(unit="Angstrom")), z).frequencies.numpy()
     theirs = thermo.harmonic_analysis(mol, hess_au, imaginary_freq=False, mass=masses.numpy())
     theirs = np.sort(theirs["freq_wavenumber"])
@@ -281,7 +279,7 @@ def _pyscf_mol(z, pos):
 
 def _pyscf_hessian(h, n):
     """eV/Å² (3N, 3N) → PySCF's Hartree/Bohr² (N, N, 3, 3)."""
-    return (h * BOHR_TO_ANGSTROM**2 / HARTREE_TO_EV).reshape(n, 3, n, 3).transpose(0, 2, 1, 3)
+    return (h / HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2).reshape(n, 3, n, 3).transpose(0, 2, 1, 3)
 
 
 @pytest.mark.parametrize("shard", ["embedded", "horm_sample"])

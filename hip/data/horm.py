@@ -1,11 +1,9 @@
 """HORM LMDB shards as a dataset of :class:`~hip.data.graphs.MoleculeGraph` objects.
 
-Format (see ``../shared/horm/README.md``): one LMDB file per shard, opened with ``subdir=False``;
-keys ``b"0"``, ``b"1"``, … and ``b"length"`` (pickled int); each value a pickled
-``torch_geometric.data.Data`` with ``pos`` [N, 3] Å, ``one_hot`` [N, 5] over (H, C, N, O, F),
-``charges`` [N] (atomic numbers), ``natoms``, ``energy`` eV, ``ae`` eV, ``forces`` [N, 3] eV/Å,
-``hessian`` [(3N)²] eV/Å² and ``rxn``. Values are unpickled by :func:`load_value`, which allows only
-the globals such entries name (:data:`hip.safe_loading.ENTRY_GLOBALS`): a shard cannot run code.
+The format (keys, the pickled ``torch_geometric`` ``Data`` entries and their fields) and every read of
+a shard belong to :mod:`hip.data.store`: values are unpickled by :func:`hip.data.store.load_value`,
+which allows only the globals such entries name (:data:`hip.safe_loading.ENTRY_GLOBALS`), so a shard
+cannot run code. This module validates the entries (:func:`decode_entry`) and indexes them.
 
 Indexing. Shards are concatenated in order (a directory's ``*.lmdb`` files sorted by name). A
 *raw index* ``g`` names entry ``b"{g - offset}"`` of the shard whose range holds ``g``. The
@@ -31,10 +29,11 @@ never read. Delete the folder to force rescans. ``skip_invalid`` is applied to t
 skips are logged again on every load, and without it an invalid entry in the selection raises.
 Smaller selections are scanned directly and not cached.
 
-Processes. LMDB environments live in a per-process registry (:func:`open_shard`), not in the
-dataset: they are opened on first use, shared by all datasets of the process (py-lmdb ≥ 3 refuses
-to open one file twice in a process), never pickled, and a forked DataLoader worker closes the ones
-it inherited and opens its own (the registry records its pid). Any worker start method works.
+Processes. LMDB environments live in the store's process-wide cache
+(:func:`hip.data.store.open_shard`), not in the dataset: they are opened on first use, shared by all
+datasets, the labeller and the scripts of the process (py-lmdb refuses to open one file twice in a
+process), never pickled, and a forked DataLoader worker closes the ones it inherited and opens its own.
+Any worker start method works.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -56,7 +54,10 @@ from tqdm.auto import tqdm
 
 from hip.constants import HORM_ELEMENTS
 from hip.data.graphs import GraphBuilder, MoleculeGraph, check_molecule
-from hip.safe_loading import RefusedGlobalError, safe_loads
+from hip.data.store import HormDataError, close_shards, load_value, open_shard, read_raw, shard_length
+
+__all__ = ["CACHE_MIN_ENTRIES", "REQUIRED_FIELDS", "HormDataError", "HormDataset", "close_shards", "decode_entry",
+           "default_cache_dir", "open_shard"]  # HormDataError, close_shards, open_shard: from hip.data.store
 
 logger = logging.getLogger(__name__)
 
@@ -68,121 +69,12 @@ CACHE_MIN_ENTRIES = 10_000
 CACHE_VERSION = 2  # 2: entries naming globals outside hip.safe_loading.ENTRY_GLOBALS are invalid
 
 
-class HormDataError(ValueError):
-    """A HORM shard or entry is unusable. The message names the shard path, the key and the field."""
-
-
 def default_cache_dir() -> Path:
     """Folder for scan caches: ``$HIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/hip``, else ``~/.cache/hip``."""
     root = os.environ.get("HIP_CACHE_DIR")
     if root is None:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hip"
     return Path(root) / "horm_index"
-
-
-# This process's open shards, by (resolved path, device, inode). py-lmdb refuses to open one file
-# twice in a process, so every dataset (train and val on one shard, DataLoader workers) shares them.
-_ENVS: dict[tuple[str, int, int], lmdb.Environment] = {}
-_ENVS_PID = os.getpid()
-
-
-def open_shard(path: str | os.PathLike) -> lmdb.Environment:
-    """This process's read-only environment of one HORM shard, opened on first use.
-
-    Opened with ``subdir=False, readonly=True, lock=False, readahead=False, meminit=False``, as
-    HORM's own loader does. Environments are shared by all datasets of the process (py-lmdb refuses
-    to open a file twice in one process); do not close the returned one, use :func:`close_shards`.
-    After a fork (DataLoader workers) the child closes what it inherited, in the child only (no lock
-    file, so nothing shared is released), and opens its own.
-
-    Raises:
-        FileNotFoundError: if ``path`` is not a file.
-        HormDataError: if the file is not an LMDB database.
-    """
-    global _ENVS_PID
-    if _ENVS_PID != os.getpid():
-        for env in _ENVS.values():
-            env.close()
-        _ENVS.clear()
-        _ENVS_PID = os.getpid()
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as e:
-        raise FileNotFoundError(f"HORM shard {path} not found") from e
-    if not path.is_file():
-        raise FileNotFoundError(f"HORM shard {path} is not a file")
-    key = (str(path.resolve()), stat.st_dev, stat.st_ino)  # a replaced file gets a new environment
-    env = _ENVS.get(key)
-    if env is None:
-        try:
-            env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
-                            meminit=False)
-        except lmdb.Error as e:
-            if "already open" in str(e):  # by code that bypassed this registry
-                raise RuntimeError(f"HORM shard {path} is already open in this process outside "
-                                   "hip.data.horm.open_shard; open it through open_shard (py-lmdb opens "
-                                   "a file once per process)") from e
-            raise HormDataError(f"HORM shard {path}: cannot be opened as LMDB ({e})") from e
-        _ENVS[key] = env
-    return env
-
-
-def close_shards(paths: Iterable[str | os.PathLike] | None = None) -> None:
-    """Close this process's environments of ``paths`` (default: all); they reopen on next use.
-
-    Needed before a shard is rewritten in place by the same process.
-    """
-    wanted = None if paths is None else {str(Path(p).resolve()) for p in paths}
-    for key in list(_ENVS):
-        if wanted is None or key[0] in wanted:
-            if _ENVS_PID == os.getpid():
-                _ENVS[key].close()
-            del _ENVS[key]
-
-
-def read_length(env: lmdb.Environment, path: str | os.PathLike) -> int:
-    """The entry count stored under key ``b"length"``.
-
-    Raises:
-        HormDataError: if the key is missing or does not hold a non-negative int.
-    """
-    with env.begin() as txn:
-        raw = txn.get(b"length")
-    if raw is None:
-        raise HormDataError(f"HORM shard {path}: key b'length' missing")
-    length = load_value(raw, f"HORM shard {path} key b'length'")
-    if isinstance(length, torch.Tensor) and length.numel() == 1:
-        length = length.item()
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
-        raise HormDataError(f"HORM shard {path} key b'length': holds {length!r}, expected a non-negative int")
-    return int(length)
-
-
-def load_value(raw: bytes, where: str) -> Any:
-    """Unpickle one LMDB value (an entry, ``b"length"``) with :func:`hip.safe_loading.safe_loads`, which
-    refuses every global outside :data:`hip.safe_loading.ENTRY_GLOBALS` before importing it. The one
-    reader of pickled LMDB values in hip (the dataset, the labeller, the scripts).
-
-    Args:
-        raw: the LMDB value.
-        where: context for messages, e.g. ``"shard.lmdb key b'17'"``.
-
-    Returns:
-        The unpickled object (for HORM entries a ``torch_geometric.data.Data``).
-
-    Raises:
-        HormDataError: the value names a global outside the allow-list (refused; nothing of it ran),
-            or it cannot be unpickled. The message starts with ``where``.
-    """
-    try:
-        return safe_loads(raw)
-    except RefusedGlobalError as e:
-        raise HormDataError(f"{where}: refused: the pickled value names '{e.global_name}', which HORM entries "
-                            "do not contain (allowed: hip.safe_loading.ENTRY_GLOBALS); unpickling it could run "
-                            "code from the shard. Nothing of it was run") from None
-    except Exception as e:
-        raise HormDataError(f"{where}: entry cannot be unpickled ({type(e).__name__}: {e})") from e
 
 
 def _entry_fields(obj: Any, where: str) -> dict[str, Any]:
@@ -211,7 +103,7 @@ def _finite(value: torch.Tensor, name: str, where: str) -> None:
 
 
 def decode_entry(raw: bytes | None, where: str, check_geometry: bool = True) -> dict[str, torch.Tensor]:
-    """Unpickle (:func:`load_value`: nothing in the entry runs) and validate one HORM entry.
+    """Unpickle (:func:`hip.data.store.load_value`: nothing in the entry runs) and validate one HORM entry.
 
     Args:
         raw: the LMDB value, or ``None`` when the key was missing.
@@ -353,7 +245,7 @@ class HormDataset(Dataset):
         self.shards = _shard_paths(path)
         lengths = []
         for shard in self.shards:
-            lengths.append(read_length(open_shard(shard), shard))
+            lengths.append(shard_length(shard))
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         total = int(self.offsets[-1])
@@ -469,9 +361,7 @@ class HormDataset(Dataset):
 
     def _raw(self, i: int) -> tuple[bytes | None, str, int]:
         s, key, g = self._locate(i)
-        with open_shard(self.shards[s]).begin() as txn:
-            raw = txn.get(key)
-        return raw, f"HORM shard {self.shards[s]} key {key!r}", g
+        return read_raw(self.shards[s], key), f"HORM shard {self.shards[s]} key {key!r}", g
 
     def read(self, i: int) -> dict[str, torch.Tensor]:
         """Item ``i`` decoded and validated, without graphs (fields as in :func:`decode_entry`)."""

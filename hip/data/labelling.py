@@ -1,74 +1,39 @@
-"""DFT labelling in HORM's format: geometries → ωB97X/6-31G* energy, forces and analytic Hessian → LMDB.
+"""The DFT labelling plan: geometries → displaced copies → their keys in HORM-format LMDB files.
 
-Level of theory (``../shared/horm/README.md``, "Level of theory, checked"): PySCF ``dft.RKS`` with
-``xc="wb97x"``, basis ``6-31g*`` with spherical d functions (``cart=False``), PySCF's default grid
-(level 3), neutral closed-shell molecules. Recomputing HORM sample 83 this way reproduces the stored
-labels to 4 meV (energy), 0.002 eV/Å (forces) and 0.03 eV/Å² (Hessian).
-
-Units follow :mod:`hip.constants`: positions Å, energies eV, forces eV/Å, Hessians eV/Å². PySCF works
-in Hartree and Bohr; the conversions happen in :func:`label_molecule` only.
-
-The pieces:
+What a run of ``scripts/label_dft.py`` labels, and where each labelled geometry goes, is decided here,
+deterministically, so that a re-run resumes where the last one stopped:
 
 * geometries: :func:`g2_geometry` (ASE's G2 collection by name), :func:`read_geometries` (any
   ASE-readable file, all frames), :func:`displace` (seeded Gaussian displacements, off-equilibrium
-  geometries in the spirit of Transition1x), :func:`plan_labelling` (the deterministic list of
-  geometries and their LMDB destinations);
-* labels: :func:`label_molecule` (one PySCF calculation, with per-step wall times);
-* storage: :func:`make_horm_data` (a ``torch_geometric`` ``Data`` with exactly HORM's fields and
-  dtypes), :func:`open_lmdb`, :func:`write_entry` (one committed transaction per molecule, resumable),
-  :func:`compact_lmdb`, :func:`read_entry`;
-* checks: :func:`compare_with_horm` (recompute one HORM entry), :func:`dataset_statistics`.
+  geometries in the spirit of Transition1x), :func:`split_molecules` (train/val by molecule),
+  :func:`plan_labelling` (the list of geometries and their LMDB destinations);
+* entries: :func:`make_horm_data` (DFT labels as a HORM entry), :func:`check_planned_entry` (a stored
+  entry is the planned geometry);
+* checks: :func:`dataset_statistics` (for the data card).
+
+The DFT itself (PySCF at HORM's ωB97X/6-31G(d), :func:`hip.dft.label_molecule`) lives in :mod:`hip.dft`;
+reading and writing the LMDB files (one committed transaction per molecule, resumable; compaction) in
+:mod:`hip.data.store`. Units: positions Å, energies eV, forces eV/Å, Hessians eV/Å².
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lmdb
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from hip.constants import (
-    ATOM_REFERENCE_ENERGY_EV,
-    BOHR_TO_ANGSTROM,
-    HARTREE_TO_EV,
-    HORM_ELEMENTS,
-    MIN_INTERATOMIC_DISTANCE,
-)
-from hip.data.horm import load_value
+from hip.constants import MIN_INTERATOMIC_DISTANCE
+from hip.data.store import iter_entries, make_entry, read_entry
 
-#: HORM's level of theory (``../shared/horm/README.md``).
-HORM_XC = "wb97x"
-HORM_BASIS = "6-31g*"
-HORM_CART = False
-
-#: HORM's fields and dtypes, in the order of the README's table.
-HORM_FIELDS: dict[str, torch.dtype] = {
-    "pos": torch.float32,
-    "one_hot": torch.float32,
-    "charges": torch.int32,
-    "natoms": torch.int64,
-    "energy": torch.float32,
-    "ae": torch.float32,
-    "forces": torch.float32,
-    "hessian": torch.float32,
-    "rxn": torch.int64,
-}
-
-LENGTH_KEY = b"length"
-#: Map size for new LMDB files. LMDB only grows the file to the pages in use; 1 GiB is a ceiling.
-DEFAULT_MAP_SIZE = 1 << 30
-
-_HESSIAN_FACTOR = HARTREE_TO_EV / BOHR_TO_ANGSTROM**2  # Hartree/Bohr² → eV/Å²
-_FORCE_FACTOR = HARTREE_TO_EV / BOHR_TO_ANGSTROM  # Hartree/Bohr → eV/Å
+if TYPE_CHECKING:
+    from hip.dft import Labels
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,204 +252,12 @@ def plan_labelling(
 
 
 # --------------------------------------------------------------------------------------------------
-# Labels
+# HORM-format entries (the format and its reader/writer: hip.data.store)
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Labels:
-    """DFT labels of one geometry, in hip's units.
-
-    Attributes:
-        numbers: atomic numbers ``[N]`` int64.
-        positions: ``[N, 3]`` float64, Å.
-        energy: total energy, eV.
-        ae: ``energy − Σ ATOM_REFERENCE_ENERGY_EV[Z]``, eV (HORM's ``ae``).
-        forces: ``−dE/dpos`` ``[N, 3]`` float64, eV/Å.
-        hessian: ``d²E/dpos²`` ``[3N, 3N]`` float64, eV/Å², row/column index ``3·atom + xyz``
-            (as computed: not symmetrised).
-        timings: wall time of each step, s: ``"scf"``, ``"gradient"``, ``"hessian"``, ``"total"``.
-        converged: whether the SCF converged.
-    """
-
-    numbers: np.ndarray
-    positions: np.ndarray
-    energy: float
-    ae: float
-    forces: np.ndarray
-    hessian: np.ndarray | None
-    timings: dict[str, float] = field(default_factory=dict)
-    converged: bool = True
-
-
-def formula(numbers: Sequence[int]) -> str:
-    """Hill-order chemical formula of atomic numbers, e.g. ``[8, 1, 1]`` → ``"H2O"``."""
-    from ase.data import chemical_symbols
-    from ase.formula import Formula
-
-    return Formula("".join(chemical_symbols[int(z)] for z in numbers)).format("hill")
-
-
-def reference_energy(numbers: Sequence[int]) -> float:
-    """``Σ ATOM_REFERENCE_ENERGY_EV[Z]`` (eV): the isolated-atom sum behind HORM's ``ae``.
-
-    Raises:
-        ValueError: an element has no reference energy (the message names it).
-    """
-    from ase.data import chemical_symbols
-
-    missing = sorted({int(z) for z in numbers} - set(ATOM_REFERENCE_ENERGY_EV))
-    if missing:
-        names = ", ".join(f"{chemical_symbols[z] if 0 < z < len(chemical_symbols) else '?'} (Z={z})"
-                          for z in missing)
-        raise ValueError(f"no isolated-atom reference energy for {names}; known: Z in "
-                         f"{sorted(ATOM_REFERENCE_ENERGY_EV)} (hip.constants.ATOM_REFERENCE_ENERGY_EV)")
-    return float(sum(ATOM_REFERENCE_ENERGY_EV[int(z)] for z in numbers))
-
-
-def hessian_to_flat_layout(hess: np.ndarray) -> np.ndarray:
-    """PySCF's ``(N, N, 3, 3)`` Hessian ``[i, j, a, b] = d²E/dx_ia dx_jb`` → ``[3N, 3N]``.
-
-    Row/column index ``3·atom + xyz``; units are unchanged. ``.reshape(-1)`` of the result is HORM's
-    row-major flat ``hessian``.
-    """
-    n = hess.shape[0]
-    if hess.shape != (n, n, 3, 3):
-        raise ValueError(f"Hessian has shape {hess.shape}, expected (N, N, 3, 3)")
-    return hess.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
-
-
-def build_pyscf_molecule(numbers: Sequence[int], positions: np.ndarray, basis: str = HORM_BASIS,
-                         cart: bool = HORM_CART, verbose: int = 0):
-    """A neutral, closed-shell ``pyscf.gto.Mole`` (positions in Å).
-
-    Raises:
-        ValueError: odd number of electrons (RKS needs a closed shell).
-    """
-    from pyscf import gto
-    from pyscf.data.elements import ELEMENTS
-
-    numbers = np.asarray(numbers, dtype=np.int64)
-    if int(numbers.sum()) % 2:
-        raise ValueError(f"odd number of electrons ({int(numbers.sum())}, Z={numbers.tolist()}); "
-                         "RKS labelling needs a neutral closed-shell molecule")
-    atom = [(ELEMENTS[int(z)], tuple(float(c) for c in xyz))
-            for z, xyz in zip(numbers, positions, strict=True)]
-    return gto.M(atom=atom, basis=basis, cart=cart, unit="Angstrom", charge=0, spin=0, verbose=verbose)
-
-
-def label_molecule(
-    numbers: Sequence[int],
-    positions: np.ndarray,
-    xc: str = HORM_XC,
-    basis: str = HORM_BASIS,
-    cart: bool = HORM_CART,
-    hessian: bool = True,
-    conv_tol: float | None = None,
-    grid_level: int | None = None,
-    max_memory_mb: int | None = None,
-) -> Labels:
-    """Energy, forces and analytic Hessian of one molecule with PySCF restricted Kohn-Sham.
-
-    Defaults are HORM's level of theory (``../shared/horm/README.md``): ``dft.RKS``, ``xc="wb97x"``,
-    basis ``6-31g*`` spherical (``cart=False``), PySCF's default grid and SCF settings. The Hessian is
-    PySCF's analytic one (``mf.Hessian()``, ``pyscf.hessian.rks``), returned as computed (DFT Hessians
-    are symmetric only to grid precision). The SCF uses PySCF's thread count (``OMP_NUM_THREADS``).
-
-    Args:
-        numbers: atomic numbers ``[N]``.
-        positions: ``[N, 3]`` Å.
-        xc, basis, cart: functional, basis set, Cartesian (True) or spherical (False) d functions.
-        hessian: compute the analytic Hessian (else ``Labels.hessian`` is None).
-        conv_tol: SCF energy convergence threshold, Hartree (None: PySCF's default 1e-9).
-        grid_level: DFT grid level (None: PySCF's default 3).
-        max_memory_mb: PySCF memory budget, MB (None: PySCF's default).
-
-    Returns:
-        :class:`Labels` in eV, eV/Å, eV/Å², with wall times of the SCF, gradient and Hessian steps.
-
-    Raises:
-        ValueError: an element without reference energy (checked before any DFT work), odd electron
-            count, or positions of the wrong shape.
-        RuntimeError: the SCF did not converge, even after a second-order (Newton) restart.
-    """
-    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-    positions = np.asarray(positions, dtype=np.float64)
-    if positions.shape != (len(numbers), 3):
-        raise ValueError(f"positions have shape {positions.shape}, expected ({len(numbers)}, 3)")
-    e_ref = reference_energy(numbers)  # fail before the expensive part (and before importing PySCF)
-    from pyscf import dft
-
-    mol = build_pyscf_molecule(numbers, positions, basis=basis, cart=cart)
-
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-    mf = dft.RKS(mol)
-    mf.xc = xc
-    if conv_tol is not None:
-        mf.conv_tol = conv_tol
-    if grid_level is not None:
-        mf.grids.level = grid_level
-    if max_memory_mb is not None:
-        mf.max_memory = max_memory_mb
-    e_h = mf.kernel()
-    if not mf.converged:
-        mf = mf.newton()
-        e_h = mf.kernel(mf.make_rdm1())
-        if not mf.converged:
-            raise RuntimeError(f"SCF did not converge for {formula(numbers)} (Z={numbers.tolist()}) "
-                               f"with xc={xc}, basis={basis}, even with a Newton restart")
-    timings["scf"] = time.perf_counter() - t_start
-
-    t = time.perf_counter()
-    grad_h = mf.nuc_grad_method().kernel()  # (N, 3) Hartree/Bohr
-    timings["gradient"] = time.perf_counter() - t
-
-    hess_ev = None
-    if hessian:
-        import pyscf.hessian  # noqa: F401  (registers mf.Hessian in older PySCF versions)
-
-        t = time.perf_counter()
-        hess_h = mf.Hessian().kernel()  # (N, N, 3, 3) Hartree/Bohr²
-        timings["hessian"] = time.perf_counter() - t
-        hess_ev = hessian_to_flat_layout(np.asarray(hess_h)) * _HESSIAN_FACTOR
-    timings["total"] = time.perf_counter() - t_start
-
-    energy = float(e_h) * HARTREE_TO_EV
-    return Labels(
-        numbers=numbers,
-        positions=positions,
-        energy=energy,
-        ae=energy - e_ref,
-        forces=-np.asarray(grad_h) * _FORCE_FACTOR,
-        hessian=hess_ev,
-        timings=timings,
-        converged=bool(mf.converged),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# HORM-format LMDB
-# --------------------------------------------------------------------------------------------------
-
-
-def one_hot_elements(numbers: Sequence[int]) -> torch.Tensor:
-    """HORM's ``one_hot`` ``[N, 5]`` float32 over (H, C, N, O, F).
-
-    Raises:
-        ValueError: an element outside HORM's set (the message names it).
-    """
-    index = {z: i for i, z in enumerate(HORM_ELEMENTS)}
-    bad = sorted({int(z) for z in numbers} - set(index))
-    if bad:
-        raise ValueError(f"elements Z={bad} are not in HORM's one-hot set Z={list(HORM_ELEMENTS)}")
-    out = torch.zeros(len(numbers), len(HORM_ELEMENTS), dtype=torch.float32)
-    out[torch.arange(len(numbers)), torch.tensor([index[int(z)] for z in numbers])] = 1.0
-    return out
 
 
 def make_horm_data(labels: Labels, rxn: int) -> Data:
-    """A ``torch_geometric.data.Data`` with exactly HORM's fields and dtypes (see :data:`HORM_FIELDS`).
+    """The HORM entry of DFT ``labels`` (:func:`hip.data.store.make_entry`: exactly HORM's fields and dtypes).
 
     ``pos`` [N,3] float32 Å, ``one_hot`` [N,5] float32, ``charges`` [N] int32 (atomic numbers),
     ``natoms`` [] int64, ``energy`` and ``ae`` [] float32 eV, ``forces`` [N,3] float32 eV/Å,
@@ -495,111 +268,21 @@ def make_horm_data(labels: Labels, rxn: int) -> Data:
     """
     if labels.hessian is None:
         raise ValueError("labels have no Hessian; HORM entries need one")
-    n = len(labels.numbers)
-    return Data(
-        pos=torch.as_tensor(labels.positions, dtype=torch.float32),
-        one_hot=one_hot_elements(labels.numbers),
-        charges=torch.as_tensor(labels.numbers, dtype=torch.int32),
-        natoms=torch.tensor(n, dtype=torch.int64),
-        energy=torch.tensor(labels.energy, dtype=torch.float32),
-        ae=torch.tensor(labels.ae, dtype=torch.float32),
-        forces=torch.as_tensor(labels.forces, dtype=torch.float32),
-        hessian=torch.as_tensor(labels.hessian, dtype=torch.float32).reshape(-1),
-        rxn=torch.tensor(int(rxn), dtype=torch.int64),
-    )
+    return make_entry(labels.numbers, labels.positions, labels.energy, labels.ae, labels.forces, labels.hessian,
+                      rxn)
 
 
-def open_lmdb(
-    path: str | os.PathLike, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE
-) -> lmdb.Environment:
-    """Open a HORM-style LMDB file (``subdir=False``); writable ones are created with parent folders.
-
-    The caller closes the returned environment. py-lmdb ≥ 3 refuses to open a file that is already
-    open in the same process (e.g. by :func:`hip.data.horm.open_shard`).
+def check_planned_entry(path: str | os.PathLike, planned: PlannedGeometry, atol: float = 1e-4) -> None:
+    """Check that the entry stored under ``planned.key`` in shard ``path`` is the planned geometry (same
+    atoms, positions within ``atol`` Å).
 
     Raises:
-        FileNotFoundError: ``readonly`` and ``path`` does not exist.
-        RuntimeError: the file is already open in this process, or is not an LMDB file.
-    """
-    path = Path(path)
-    try:
-        if readonly:
-            if not path.exists():
-                raise FileNotFoundError(f"LMDB file {path} does not exist")
-            return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return lmdb.open(str(path), subdir=False, map_size=map_size, readahead=False)
-    except lmdb.Error as e:
-        raise RuntimeError(f"cannot open LMDB file {path}: {e}") from e
-
-
-def lmdb_length(env: lmdb.Environment) -> int:
-    """The pickled int under ``b"length"`` (0 if absent).
-
-    Raises:
-        HormDataError: the value cannot be unpickled or names a global (refused unrun).
-    """
-    with env.begin() as txn:
-        raw = txn.get(LENGTH_KEY)
-    return 0 if raw is None else int(load_value(raw, f"LMDB {env.path()} key b'length'"))
-
-
-def read_entry(env: lmdb.Environment, key: int) -> Data:
-    """The ``Data`` stored under ``str(key).encode()``.
-
-    Raises:
-        KeyError: no such key (the message names the file and key).
-        HormDataError: the value cannot be unpickled or names a global outside
-            :data:`hip.safe_loading.ENTRY_GLOBALS` (refused unrun).
-    """
-    with env.begin() as txn:
-        raw = txn.get(str(key).encode())
-    if raw is None:
-        raise KeyError(f"key {key} not in LMDB {env.path()}")
-    return load_value(raw, f"LMDB {env.path()} key b'{key}'")
-
-
-def has_entry(env: lmdb.Environment, key: int) -> bool:
-    """Whether ``str(key).encode()`` is present."""
-    with env.begin() as txn:
-        return txn.get(str(key).encode()) is not None
-
-
-def write_entry(env: lmdb.Environment, key: int, data: Data) -> bool:
-    """Store ``data`` under ``str(key).encode()`` and set ``b"length"``, in one committed transaction.
-
-    Keys are written in order (0, 1, 2, …), so ``b"length"`` = number of entries and readers can use
-    ``range(length)``. An existing key is left alone (resume), so re-running never duplicates.
-
-    Returns:
-        True if written, False if the key was already present.
-
-    Raises:
-        ValueError: ``key`` would leave a gap (it is larger than the current length).
-    """
-    k = str(key).encode()
-    with env.begin(write=True) as txn:
-        if txn.get(k) is not None:
-            return False
-        raw = txn.get(LENGTH_KEY)
-        length = 0 if raw is None else int(load_value(raw, f"LMDB {env.path()} key b'length'"))
-        if key != length:
-            raise ValueError(f"LMDB {env.path()}: writing key {key} would leave a gap (length is {length}); "
-                             "entries must be written in key order")
-        txn.put(k, pickle.dumps(data))
-        txn.put(LENGTH_KEY, pickle.dumps(length + 1))
-    return True
-
-
-def check_planned_entry(env: lmdb.Environment, planned: PlannedGeometry, atol: float = 1e-4) -> None:
-    """Check that an already stored entry is the planned geometry (same atoms, positions within ``atol`` Å).
-
-    Raises:
+        KeyError: the key is absent.
         ValueError: it is not: the inputs (molecules, seed, sigma, order) changed since the file was
             written. The message names file, key and field.
     """
-    data = read_entry(env, planned.key)
-    where = f"LMDB {env.path()} key {planned.key} ({planned.geometry.name}, variant {planned.variant})"
+    data = read_entry(path, planned.key)
+    where = f"LMDB {path} key {planned.key} ({planned.geometry.name}, variant {planned.variant})"
     if data.charges.tolist() != planned.geometry.numbers.tolist():
         raise ValueError(f"{where}: stored 'charges' {data.charges.tolist()} differ from the planned atoms "
                          f"{planned.geometry.numbers.tolist()}; the inputs changed, use a new output")
@@ -607,68 +290,6 @@ def check_planned_entry(env: lmdb.Environment, planned: PlannedGeometry, atol: f
     if diff > atol:
         raise ValueError(f"{where}: stored 'pos' differ from the planned geometry by {diff:.3g} Å; the "
                          "inputs (seed, sigma, molecules, order) changed, use a new output")
-
-
-def compact_lmdb(path: str | os.PathLike) -> int:
-    """Rewrite an LMDB file compactly (``env.copy(..., compact=True)``) in place; returns its size (bytes).
-
-    Must not run while another process writes to ``path``.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".compact")
-    tmp.unlink(missing_ok=True)
-    env = open_lmdb(path, readonly=True)
-    try:
-        env.copy(str(tmp), compact=True)
-    finally:
-        env.close()
-    os.replace(tmp, path)
-    Path(str(path) + "-lock").unlink(missing_ok=True)
-    return path.stat().st_size
-
-
-def iter_entries(path: str | os.PathLike) -> Iterator[Data]:
-    """Every entry ``0 … length−1`` of a HORM-format LMDB file."""
-    env = open_lmdb(path, readonly=True)
-    try:
-        for i in range(lmdb_length(env)):
-            yield read_entry(env, i)
-    finally:
-        env.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------------
-
-
-def compare_with_horm(path: str | os.PathLike, index: int, **label_kwargs) -> dict[str, float]:
-    """Recompute HORM entry ``index`` of ``path`` with :func:`label_molecule` and compare with its labels.
-
-    Reads the entry with :func:`read_entry` (HORM format, ``subdir=False``).
-
-    Returns:
-        ``natoms``, ``delta_energy_mev`` (ours − stored), ``delta_ae_mev``, ``force_mae`` (eV/Å),
-        ``hessian_mae`` (eV/Å²), ``label_mean_abs_force``, ``label_mean_abs_hessian`` and the step
-        timings ``time_scf``, ``time_gradient``, ``time_hessian``, ``time_total`` (s).
-    """
-    env = open_lmdb(path, readonly=True)
-    try:
-        ref = read_entry(env, index)
-    finally:
-        env.close()
-    labels = label_molecule(ref.charges.numpy(), ref.pos.double().numpy(), **label_kwargs)
-    ref_h = ref.hessian.double().numpy()
-    return {
-        "natoms": float(len(labels.numbers)),
-        "delta_energy_mev": 1000.0 * (labels.energy - float(ref.energy)),
-        "delta_ae_mev": 1000.0 * (labels.ae - float(ref.ae)),
-        "force_mae": float(np.abs(labels.forces - ref.forces.double().numpy()).mean()),
-        "hessian_mae": float(np.abs(labels.hessian.reshape(-1) - ref_h).mean()),
-        "label_mean_abs_force": float(ref.forces.abs().mean()),
-        "label_mean_abs_hessian": float(np.abs(ref_h).mean()),
-        **{f"time_{k}": v for k, v in labels.timings.items()},
-    }
 
 
 def dataset_statistics(paths: Sequence[str | os.PathLike]) -> dict[str, object]:

@@ -1,148 +1,45 @@
-"""Tests of the DFT labelling tool (hip/data/labelling.py, scripts/label_dft.py).
+"""Tests of the DFT labelling plan and tool (hip/data/labelling.py, scripts/label_dft.py).
 
-DFT tests use a cheap level (LDA/STO-3G, or HORM's level on H2) so the file runs in well under a
-minute on 2 cores; unit conversions are checked against finite differences computed in Å and eV, a
-route independent of the Hartree/Bohr conversion factors.
+The DFT itself is tested in tests/test_dft.py, the LMDB reader/writer in tests/data/test_store.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import HORM_SAMPLE
 
-from hip.constants import ATOM_REFERENCE_ENERGY_EV, HORM_ELEMENTS
+from hip.constants import HORM_ELEMENTS
 from hip.data import labelling as lab
+from hip.data import store
+from hip.dft import Labels
 
 REPO = Path(__file__).resolve().parents[2]
-HORM_SAMPLE = REPO.parent / "shared" / "horm" / "sample_100.lmdb"
-CHEAP = {"xc": "lda,vwn", "basis": "sto-3g", "conv_tol": 1e-12}
 
-# A slightly distorted water molecule (Å): non-zero forces, no symmetry.
-WATER_Z = np.array([8, 1, 1])
+# A slightly distorted water molecule (Å).
 WATER_POS = np.array([[0.0, 0.0, 0.12], [0.0, 0.78, -0.46], [0.05, -0.74, -0.50]])
 
 
-def _labels(numbers, positions, hessian=True) -> lab.Labels:
-    pytest.importorskip("pyscf")
-    return lab.label_molecule(numbers, positions, hessian=hessian, **CHEAP)
-
-
-def _fake_labels(n: int = 4, seed: int = 0) -> lab.Labels:
+def fake_labels(n: int = 4, seed: int = 0) -> Labels:
     rng = np.random.default_rng(seed)
     numbers = rng.choice([1, 6, 7, 8], size=n)
-    return lab.Labels(numbers=numbers, positions=rng.normal(size=(n, 3)), energy=-1000.0 * n,
-                      ae=float(rng.normal()), forces=rng.normal(size=(n, 3)),
-                      hessian=rng.normal(size=(3 * n, 3 * n)), timings={"total": 0.0})
-
-
-# ------------------------------------------------------------------------------- defaults and errors
-
-
-def test_defaults_are_horm_level_of_theory():
-    params = inspect.signature(lab.label_molecule).parameters
-    assert params["xc"].default == "wb97x"
-    assert params["basis"].default == "6-31g*"
-    assert params["cart"].default is False
-    assert params["grid_level"].default is None  # PySCF's default grid, as HORM
-
-
-def test_element_without_reference_energy_is_named():
-    # F has no reference energy; the error comes before any DFT work (no PySCF needed).
-    with pytest.raises(ValueError, match=r"F \(Z=9\)"):
-        lab.label_molecule([9, 1], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.92]])
-
-
-def test_reference_energy_sums_per_element():
-    assert lab.reference_energy([8, 1, 1]) == pytest.approx(
-        ATOM_REFERENCE_ENERGY_EV[8] + 2 * ATOM_REFERENCE_ENERGY_EV[1])
-
-
-def test_hessian_flat_layout_is_atom_major():
-    rng = np.random.default_rng(1)
-    n = 3
-    h4 = rng.normal(size=(n, n, 3, 3))
-    flat = lab.hessian_to_flat_layout(h4)
-    for i in range(n):
-        for j in range(n):
-            for a in range(3):
-                for b in range(3):
-                    assert flat[3 * i + a, 3 * j + b] == h4[i, j, a, b]
-
-
-def test_odd_electron_count_is_rejected():
-    pytest.importorskip("pyscf")
-    with pytest.raises(ValueError, match="odd number of electrons"):
-        lab.label_molecule([7, 8], [[0.0, 0.0, 0.0], [0.0, 0.0, 1.15]], **CHEAP)
-
-
-# ------------------------------------------------------------------------------- DFT labels
-
-
-def test_forces_are_minus_finite_difference_of_energy():
-    base = _labels(WATER_Z, WATER_POS, hessian=False)
-    step = 1e-3  # Å
-    fd = np.zeros_like(WATER_POS)
-    for i in range(len(WATER_Z)):
-        for a in range(3):
-            plus, minus = WATER_POS.copy(), WATER_POS.copy()
-            plus[i, a] += step
-            minus[i, a] -= step
-            e_plus = _labels(WATER_Z, plus, hessian=False).energy
-            e_minus = _labels(WATER_Z, minus, hessian=False).energy
-            fd[i, a] = -(e_plus - e_minus) / (2 * step)  # eV/Å, no unit factors involved
-    assert np.abs(base.forces).max() > 0.5  # a real test: the geometry is off equilibrium
-    np.testing.assert_allclose(base.forces, fd, atol=5e-3)
-
-
-def test_hessian_matches_finite_difference_of_forces():
-    base = _labels(WATER_Z, WATER_POS)
-    step = 1e-3  # Å
-    fd = np.zeros_like(base.hessian)
-    for c in range(3 * len(WATER_Z)):
-        plus, minus = WATER_POS.copy(), WATER_POS.copy()
-        plus.reshape(-1)[c] += step
-        minus.reshape(-1)[c] -= step
-        f_plus = _labels(WATER_Z, plus, hessian=False).forces.reshape(-1)
-        f_minus = _labels(WATER_Z, minus, hessian=False).forces.reshape(-1)
-        fd[:, c] = -(f_plus - f_minus) / (2 * step)  # dF/dx = −d²E/dx², in eV/Å²
-    assert base.hessian.shape == (9, 9)
-    np.testing.assert_allclose(base.hessian, fd, atol=0.05 + 0.01 * np.abs(fd).max())
-
-
-def test_horm_level_h2_is_symmetric_and_translation_invariant():
-    pytest.importorskip("pyscf")
-    labels = lab.label_molecule([1, 1], [[0.0, 0.0, 0.0], [0.1, 0.2, 0.80]])  # HORM's level, stretched H2
-    h = labels.hessian
-    assert h.shape == (6, 6)
-    assert labels.converged
-    assert set(labels.timings) == {"scf", "gradient", "hessian", "total"}
-    # Both hold up to the DFT grid (PySCF's Hessian has no grid response): 0.2 % of the largest entry.
-    tol = 2e-3 * np.abs(h).max()
-    np.testing.assert_allclose(h, h.T, atol=tol)
-    # Translating the molecule changes nothing: forces sum to zero, Hessian rows sum to zero per xyz.
-    np.testing.assert_allclose(labels.forces.sum(axis=0), 0.0, atol=1e-3)
-    np.testing.assert_allclose(h.reshape(6, 2, 3).sum(axis=1), 0.0, atol=tol)
-    # Stretched bond (|r| ≈ 0.83 Å > 0.74 Å): the forces pull the atoms together.
-    bond = labels.positions[1] - labels.positions[0]
-    assert np.dot(labels.forces[1], bond) < 0
-    assert labels.ae == pytest.approx(labels.energy - 2 * ATOM_REFERENCE_ENERGY_EV[1])
+    return Labels(numbers=numbers, positions=rng.normal(size=(n, 3)), energy=-1000.0 * n,
+                  ae=float(rng.normal()), forces=rng.normal(size=(n, 3)),
+                  hessian=rng.normal(size=(3 * n, 3 * n)), timings={"total": 0.0})
 
 
 # ------------------------------------------------------------------------------- HORM-format LMDB
 
 
 def test_make_horm_data_has_horm_fields_and_dtypes():
-    labels = _fake_labels(5)
+    labels = fake_labels(5)
     data = lab.make_horm_data(labels, rxn=7)
-    assert set(data.keys()) == set(lab.HORM_FIELDS)
-    for name, dtype in lab.HORM_FIELDS.items():
+    assert set(data.keys()) == set(store.HORM_FIELDS)
+    for name, dtype in store.HORM_FIELDS.items():
         assert data[name].dtype == dtype, name
     n = 5
     assert data.pos.shape == (n, 3) and data.forces.shape == (n, 3)
@@ -157,47 +54,13 @@ def test_make_horm_data_has_horm_fields_and_dtypes():
 
 
 @pytest.mark.skipif(not HORM_SAMPLE.exists(), reason="HORM sample shard not available")
-def test_entries_match_a_real_horm_entry_field_by_field(tmp_path):
-    # A copy: py-lmdb refuses a second environment on a file that other tests may hold open.
-    copy = tmp_path / "horm.lmdb"
-    shutil.copyfile(HORM_SAMPLE, copy)
-    env = lab.open_lmdb(copy, readonly=True)
-    horm = lab.read_entry(env, 0)
-    env.close()
-    ours = lab.make_horm_data(_fake_labels(3), rxn=0)
+def test_entries_match_a_real_horm_entry_field_by_field():
+    horm = store.read_entry(HORM_SAMPLE, 0)  # the shard other tests hold open: one shared environment
+    ours = lab.make_horm_data(fake_labels(3), rxn=0)
     assert set(ours.keys()) == set(horm.keys())
     for name in horm.keys():
         assert ours[name].dtype == horm[name].dtype, name
         assert ours[name].dim() == horm[name].dim(), name
-
-
-def test_lmdb_round_trip_and_resume(tmp_path):
-    path = tmp_path / "out.lmdb"
-    entries = [lab.make_horm_data(_fake_labels(3 + i, seed=i), rxn=i) for i in range(3)]
-    env = lab.open_lmdb(path)
-    assert lab.write_entry(env, 0, entries[0])
-    assert lab.write_entry(env, 1, entries[1])
-    assert not lab.write_entry(env, 1, entries[2])  # present: skipped, not overwritten
-    with pytest.raises(ValueError, match="gap"):
-        lab.write_entry(env, 5, entries[2])
-    assert lab.write_entry(env, 2, entries[2])
-    env.close()
-
-    size = lab.compact_lmdb(path)
-    assert size == path.stat().st_size < 1 << 20
-    env = lab.open_lmdb(path, readonly=True)
-    with env.begin() as txn:
-        keys = sorted(k for k, _ in txn.cursor())
-        assert pickle.loads(txn.get(b"length")) == 3
-    assert keys == [b"0", b"1", b"2", b"length"]
-    for i, expected in enumerate(entries):
-        got = lab.read_entry(env, i)
-        for name in lab.HORM_FIELDS:
-            assert got[name].dtype == expected[name].dtype
-            assert torch.equal(got[name], expected[name]), (i, name)
-    with pytest.raises(KeyError, match="key 9"):
-        lab.read_entry(env, 9)
-    env.close()
 
 
 # ------------------------------------------------------------------------------- geometries and plan
