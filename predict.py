@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> Path:
     module = PredictionModule(calc.model, str(cfg.input), calculator_kwargs,
                               AnalysisSettings(cfg.imaginary_threshold_cm1, cfg.temperature, cfg.pressure),
                               skip_invalid=cfg.skip_invalid)
-    writer = PredictionWriter(out_dir, list(cfg.formats))
+    writer = PredictionWriter(out_dir, list(cfg.formats), cfg.energy)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer], _convert_="all")
     trainer.predict(module, dataloaders=frame_loader(dataset), return_predictions=False)
     if trainer.global_rank == 0:

@@ -279,14 +279,15 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
 
     Args:
         output_dir: the run directory.
-        formats: extra per-frame files (:data:`hip.prediction_store.FORMATS`).
+        formats: extra outputs (:data:`hip.prediction_store.FORMATS`).
+        energy: the calculator's ``energy`` setting (``"total"`` or ``"ae"``).
     """
 
-    def __init__(self, output_dir: str | Path, formats: Sequence[str] = ()):
+    def __init__(self, output_dir: str | Path, formats: Sequence[str] = (), energy: str = "total"):
         super().__init__(write_interval="batch")
         # the batches come from FrameBatches, not a sampler: Lightning's batch indices are not needed
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices", module="lightning")
-        self.output_dir, self.formats = Path(output_dir), tuple(formats)
+        self.output_dir, self.formats, self.energy = Path(output_dir), tuple(formats), energy
         self.part: PredictionPart | None = None
         self.bar = None
 
@@ -294,7 +295,7 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         from tqdm.auto import tqdm
 
         directory = part_directory(self.output_dir, trainer.global_rank, trainer.world_size)
-        self.part = PredictionPart(directory, self.formats)
+        self.part = PredictionPart(directory, self.formats, self.energy)
         self.bar = tqdm(unit="molecule", disable=trainer.global_rank != 0, desc="predict", smoothing=0.1)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch: FrameBatch, batch_idx: int,

@@ -10,7 +10,9 @@ process ``r`` of several). A part holds:
 * ``skipped.csv``: ``frame, reason`` of each frame refused with ``skip_invalid=true``;
 * ``hessians/batch_<k>.npz``: the batch's ``frame`` [B], ``natoms`` [B], ``energy`` [B] eV and
   ``hessian_<frame>`` (3N, 3N) eV/Å²;
-* per-frame files of the requested :data:`FORMATS` in ``formats/``;
+* per-frame files of the requested :data:`FORMATS` in ``formats/``, and with ``lmdb``, ``predictions.lmdb``:
+  a HORM-format shard (:mod:`hip.data.store`; keys 0, 1, ... in the order written, the input frame index in
+  ``rxn``) that ``train.py`` and ``eval.py`` read like HORM's own files;
 * ``manifest.jsonl``: one line per finished batch, written last, with the sizes of the appended files.
 
 A batch counts as written only once its manifest line is on disk. Opening a part truncates the appended
@@ -41,10 +43,10 @@ SKIPPED_COLUMNS = ("frame", "reason")
 #: Appended files of a part and their CSV header (None: not a CSV).
 APPENDED = {"predictions.extxyz": None, "summary.csv": SUMMARY_COLUMNS, "frequencies.csv": FREQUENCY_COLUMNS,
             "skipped.csv": SKIPPED_COLUMNS}
-#: Extra per-frame files predict.py writes on request (``formats=[...]``): ORCA ``.hess``, Gaussian
-#: ``.fchk``, Molden normal modes (:mod:`hip.formats`), and ``modes``: ASE-viewable modes
-#: (:func:`hip.vibrations.write_normal_modes`).
-FORMATS = ("hess", "fchk", "molden", "modes")
+#: Extra outputs predict.py writes on request (``formats=[...]``): per frame ORCA ``.hess``, Gaussian
+#: ``.fchk``, Molden normal modes (:mod:`hip.formats`) and ``modes``, ASE-viewable modes
+#: (:func:`hip.vibrations.write_normal_modes`); ``lmdb``: all frames in one HORM-format shard.
+FORMATS = ("hess", "fchk", "molden", "modes", "lmdb")
 MANIFEST = "manifest.jsonl"
 SETTINGS = "settings.json"
 
@@ -121,17 +123,19 @@ class PredictionPart:
 
     Args:
         directory: the part's directory (created).
-        formats: per-frame formats to write besides the standard files, from :data:`FORMATS`.
+        formats: extra outputs besides the standard files, from :data:`FORMATS`.
+        energy: what the predictions' energies are, ``"total"`` or ``"ae"``
+            (:class:`hip.calculator.HIPCalculator`); the LMDB entries get both.
 
     Raises:
         ValueError: an unknown format name.
     """
 
-    def __init__(self, directory: str | Path, formats: Sequence[str] = ()):
+    def __init__(self, directory: str | Path, formats: Sequence[str] = (), energy: str = "total"):
         unknown = sorted(set(formats) - set(FORMATS))
         if unknown:
             raise ValueError(f"formats: {unknown} unknown; choose from {list(FORMATS)}")
-        self.directory, self.formats = Path(directory), tuple(formats)
+        self.directory, self.formats, self.energy = Path(directory), tuple(formats), energy
         (self.directory / "hessians").mkdir(parents=True, exist_ok=True)
         self._restore()
 
@@ -167,7 +171,9 @@ class PredictionPart:
                  energy=np.array([p.energy for p in predictions]),
                  **{f"hessian_{p.index}": p.hessian for p in predictions})
         os.replace(tmp, chunk)
-        files = [f for f in self.formats if f != "modes"]
+        if "lmdb" in self.formats:
+            self._write_lmdb(predictions)
+        files = [f for f in self.formats if f not in ("modes", "lmdb")]
         for p in predictions:
             if files:
                 from hip.formats import write_formats
@@ -210,6 +216,23 @@ class PredictionPart:
         entry = {"batch": batch_id, "frames": [p.index for p in predictions], "skipped": [i for i, _ in skipped],
                  "sizes": sizes}
         _fsync_append(self.directory / MANIFEST, lambda f: f.write(json.dumps(entry) + "\n"))
+
+
+    def _write_lmdb(self, predictions: Sequence) -> None:
+        """Append the batch to ``predictions.lmdb`` (one transaction), keys continuing after the frames of
+        the batches in the manifest: a batch redone after a kill gets the same keys and, if its transaction
+        had been committed before the kill, finds them present and leaves them (never duplicated)."""
+        from hip.constants import ATOM_REFERENCE_ENERGY_EV
+        from hip.data.store import make_entry, write_entries
+
+        first = sum(len(e["frames"]) for e in read_manifest(self.directory))
+        entries = []
+        for key, p in enumerate(predictions, start=first):
+            reference = sum(ATOM_REFERENCE_ENERGY_EV[int(z)] for z in p.atoms.numbers)
+            total, ae = (p.energy, p.energy - reference) if self.energy == "total" else (p.energy + reference, p.energy)
+            entries.append((key, make_entry(p.atoms.numbers, p.atoms.positions, total, ae, p.forces, p.hessian,
+                                            rxn=p.index)))
+        write_entries(self.directory / "predictions.lmdb", entries)
 
 
 def summary_row(p) -> tuple:

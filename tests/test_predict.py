@@ -239,7 +239,7 @@ def test_default_run_directory_is_the_same_for_the_same_command(tmp_path, tiny_c
 
 def _command(input_path, checkpoint, out, *overrides):
     return [sys.executable, str(ROOT / "predict.py"), f"input={input_path}", f"ckpt_path={checkpoint}",
-            f"output_dir={out}", "eval.batch_size=8", "window=64", *overrides]
+            f"output_dir={out}", "eval.batch_size=8", "window=64", "formats=[lmdb]", *overrides]
 
 
 def _assert_same_predictions(a, b):
@@ -280,6 +280,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_checkpoin
     assert sorted(batches) == list(range(38)) and len(set(batches)) == len(batches)
     _assert_same_predictions(killed, tmp_path / "whole")
     assert len(read_predictions(killed).frames) == n
+    from hip.data.store import iter_entries
+
+    lmdb_frames = [int(entry.rxn) for entry in iter_entries(killed / "predictions.lmdb")]
+    assert sorted(lmdb_frames) == list(range(n))  # the HORM shard too: every frame once
 
 
 @pytest.mark.slow
@@ -312,3 +316,32 @@ def test_predict_writes_quantum_chemistry_formats(tmp_path, tiny_checkpoint):
         expected = written.hessians[frame][0, :5] * 0.529177210903**2 / 27.211386245988  # CODATA 2018 au
         assert n == 3 * len(written.frames[frame])
         np.testing.assert_allclose(first, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_predict_writes_a_horm_shard_that_the_dataset_reads(tmp_path, tiny_checkpoint):
+    from hip.constants import ATOM_REFERENCE_ENERGY_EV
+    from hip.data.horm import HormDataset
+    from hip.data.store import iter_entries
+    from predict import run
+
+    frames = three_frames()
+    ase.io.write(tmp_path / "three.extxyz", frames)
+    out = run(predict_config(tmp_path, tmp_path / "three.extxyz", tiny_checkpoint, "formats=[lmdb]",
+                             "eval.batch_size=2"))
+    written = read_predictions(out)
+    dataset = HormDataset(out / "predictions.lmdb", cache_dir=None)  # validates every entry as training data
+    raw = list(iter_entries(out / "predictions.lmdb"))  # keeps HORM's rxn field: here the input frame
+    assert len(dataset) == len(raw) == 3
+    seen = []
+    for k, entry in enumerate(raw):
+        frame = int(entry.rxn)
+        seen.append(frame)
+        atoms = written.frames[frame]
+        np.testing.assert_array_equal(dataset[k].z.numpy(), atoms.numbers)
+        np.testing.assert_allclose(dataset[k].pos.numpy(), atoms.positions, atol=1e-6)
+        np.testing.assert_allclose(entry.forces.numpy(), atoms.get_forces(), atol=1e-5)
+        np.testing.assert_allclose(entry.hessian.numpy(), written.hessians[frame].reshape(-1), rtol=1e-5, atol=1e-5)
+        reference = sum(ATOM_REFERENCE_ENERGY_EV[int(z)] for z in atoms.numbers)
+        assert float(entry.energy) == pytest.approx(atoms.get_potential_energy(), abs=1e-2)  # float32 at ~2000 eV
+        assert float(entry.ae) == pytest.approx(atoms.get_potential_energy() - reference, abs=1e-3)
+    assert sorted(seen) == [0, 1, 2]
