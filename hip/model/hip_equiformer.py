@@ -191,7 +191,13 @@ class HIPEquiformerV2(EquiformerV2Backbone):
             self._frames = None
 
     def _edge_frames(self, key: str, edge_vec: torch.Tensor) -> torch.Tensor:
-        """Per-edge rotation matrices [E, 3, 3] (fairchem's, with a random roll about the edge)."""
+        """Per-edge rotation matrices [E, 3, 3] (fairchem's, with a random roll about the edge).
+
+        A graph without edges (a single atom, atoms beyond every cutoff) has none: fairchem's
+        ``init_edge_rot_mat`` would fail on its ``torch.min`` over the empty edge set.
+        """
+        if edge_vec.shape[0] == 0:
+            return edge_vec.new_zeros((0, 3, 3))
         frames = getattr(self, "_frames", None)
         if frames is None:
             return init_edge_rot_mat(edge_vec)
