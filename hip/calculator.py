@@ -340,20 +340,32 @@ class HIPCalculator(Calculator):
             torch.manual_seed(self.parameters["seed"])
             yield
 
+    @contextmanager
+    def _model_dtype(self) -> Iterator[None]:
+        """Make the model's dtype the default while it runs: fairchem creates some tensors (edge-frame
+        Wigner helpers, padding) in the default dtype, which must match the float64 weights."""
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
+
     def _run(self, graphs: Sequence, hessian: bool) -> list[dict[str, Any]]:
         from hip.data.graphs import collate, split_hessian
         from hip.model.autodiff import autodiff_hessian, finite_difference_hessian
 
         batch = collate(graphs).to(self.device)
         method = self.hessian_method
-        with self._fixed_roll(), torch.no_grad():
-            out = self.model(batch, hessian=hessian and method == "hip")
-        if hessian and method == "autodiff":
-            with self._fixed_roll():
-                out["hessian"] = autodiff_hessian(self.model, batch, **self.hessian_kwargs)
-        elif hessian and method == "finite_difference":
-            out["hessian"] = finite_difference_hessian(self.model, batch, seed=self.parameters["seed"],
-                                                       **self.hessian_kwargs)
+        with self._model_dtype():
+            with self._fixed_roll(), torch.no_grad():
+                out = self.model(batch, hessian=hessian and method == "hip")
+            if hessian and method == "autodiff":
+                with self._fixed_roll():
+                    out["hessian"] = autodiff_hessian(self.model, batch, **self.hessian_kwargs)
+            elif hessian and method == "finite_difference":
+                out["hessian"] = finite_difference_hessian(self.model, batch, seed=self.parameters["seed"],
+                                                           **self.hessian_kwargs)
         energies = out["energy"].detach().double().cpu().numpy()
         if self.parameters["energy"] == "total":
             reference = torch.tensor([ATOM_REFERENCE_ENERGY_EV[z] for z in batch.z.tolist()], dtype=torch.float64)
