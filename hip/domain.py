@@ -129,7 +129,7 @@ class TrainingDomain:
         from ase.data import chemical_symbols
 
         return (f"trained on {self.num_geometries} geometries ({self.num_formulas} stoichiometries) of "
-                f"{', '.join(chemical_symbols[z] for z in self.elements)}, {self.natoms[0]}–{self.natoms[1]} "
+                f"{', '.join(chemical_symbols[z] for z in self.elements)}, {self.natoms[0]}-{self.natoms[1]} "
                 f"atoms, from {', '.join(self.datasets or ())}; Hessian readout "
                 f"{'trained' if self.hessian_readout_trained else 'untrained'}")
 
@@ -285,6 +285,9 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
         forces: [N, 3] predicted forces, eV/Å, or None (not checked).
         hessian: (3N, 3N) predicted Hessian, eV/Å², or None (not checked).
         domain: the checkpoint's :class:`TrainingDomain` (``model.training_domain``).
+
+    Messages are ASCII (``eV/A``, ``eV/A^2``), so that they survive CSV, logs and extended XYZ
+    (ASE's extxyz reader garbles escaped non-ASCII characters in ``atoms.info``).
     """
     from ase.data import chemical_symbols
 
@@ -301,7 +304,7 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
                                        f"{', '.join(chemical_symbols[z] for z in domain.elements)})"))
         low, high = domain.natoms
         if not low <= len(numbers) <= high:
-            found.append(DomainWarning("natoms", f"{len(numbers)} atoms, outside the training range {low}–{high}"))
+            found.append(DomainWarning("natoms", f"{len(numbers)} atoms, outside the training range {low}-{high}"))
     parts = fragments(numbers, positions)
     if len(parts) > 1:
         names = ", ".join(_formula(numbers[p]) for p in parts)
@@ -310,12 +313,12 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
     if forces is not None and len(numbers):
         fmax = float(np.linalg.norm(np.asarray(forces, dtype=np.float64), axis=1).max())
         if fmax > FORCE_THRESHOLD:
-            found.append(DomainWarning("forces", f"max |F| = {fmax:.3g} eV/Å > {FORCE_THRESHOLD} eV/Å: not a "
+            found.append(DomainWarning("forces", f"max |F| = {fmax:.3g} eV/A > {FORCE_THRESHOLD} eV/A: not a "
                                        "stationary point: frequencies, ZPE and extremum type are not meaningful"))
     if hessian is not None:
         residual = sum_rule_residual(hessian)
         if residual > SUM_RULE_THRESHOLD:
-            found.append(DomainWarning("sum_rule", f"translational sum rule violated: max |Σ_j H_ij| = "
-                                       f"{residual:.3g} eV/Å² > {SUM_RULE_THRESHOLD} eV/Å² (DFT: ~0.1); the "
+            found.append(DomainWarning("sum_rule", f"translational sum rule violated: max_i |sum_j H_ij| = "
+                                       f"{residual:.3g} eV/A^2 > {SUM_RULE_THRESHOLD} eV/A^2 (DFT: ~0.1); the "
                                        "Hessian is not translation-invariant"))
     return found

@@ -217,9 +217,8 @@ def vibrational_analysis(
 
     Returns:
         :class:`VibrationalModes` (eigenvalues eV/(Å²·amu), mass-weighted eigenvectors, frequencies
-        cm⁻¹ with negative values for imaginary modes), ascending. A single atom has no vibrational
-        modes: empty eigenvalues and frequencies, eigenvectors (3, 0); its ZPE is 0 and
-        :func:`extremum_type` with ``n_modes=0`` says :data:`NO_VIBRATIONAL_MODES`.
+        cm⁻¹ with negative values for imaginary modes), ascending; for one atom empty (eigenvectors
+        (3, 0)), see :data:`NO_VIBRATIONAL_MODES`.
     """
     pos = _f64(pos)
     m = _masses_for(z, masses, pos.device)
@@ -250,13 +249,9 @@ NO_VIBRATIONAL_MODES = "no vibrational modes (a single atom)"
 
 def extremum_type(n_imaginary: int, n_modes: int | None = None) -> str:
     """``"minimum"`` (no imaginary mode), ``"transition state"`` (one: a first-order saddle point) or
-    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3; :data:`NO_VIBRATIONAL_MODES` when
-    ``n_modes`` (the number of vibrational modes, e.g. ``len(vibrational_analysis(...).frequencies)``)
-    is 0, as for one atom, which has no vibrations to classify.
-
-    Raises:
-        ValueError: ``n_imaginary`` < 0 or above ``n_modes``.
-    """
+    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3; :data:`NO_VIBRATIONAL_MODES` when the
+    number of vibrational modes ``n_modes`` is 0 (one atom). Raises ValueError: ``n_imaginary`` < 0
+    or above ``n_modes``."""
     if n_modes == 0 and n_imaginary == 0:
         return NO_VIBRATIONAL_MODES
     if n_imaginary < 0:

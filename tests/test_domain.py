@@ -159,7 +159,7 @@ def test_size_and_elements_outside_the_domain():
     big = molecule("CH3CH2OH") + molecule("CH4")  # 14 atoms > 9 (and 2 fragments)
     big.positions[9:] += [0.0, 0.0, 20.0]
     assert codes(domain_warnings(big.numbers, big.positions, None, None, DOMAIN)) == ["natoms", "fragments"]
-    assert "14 atoms, outside the training range 3–9" in str(domain_warnings(big.numbers, big.positions, None, None,
+    assert "14 atoms, outside the training range 3-9" in str(domain_warnings(big.numbers, big.positions, None, None,
                                                                               DOMAIN)[0])
     nh3 = molecule("NH3")
     found = domain_warnings(nh3.numbers, nh3.positions, None, None, DOMAIN)
@@ -177,7 +177,7 @@ def test_large_forces_are_not_a_stationary_point():
     found = domain_warnings(atoms.numbers, atoms.positions, forces, None, DOMAIN)
     assert codes(found) == ["forces"]
     assert "not a stationary point: frequencies, ZPE and extremum type are not meaningful" in found[0].message
-    assert f"{np.sqrt(2) * FORCE_THRESHOLD:.3g} eV/Å" in found[0].message
+    assert f"{np.sqrt(2) * FORCE_THRESHOLD:.3g} eV/A" in found[0].message
 
 
 def test_sum_rule_residual_and_its_warning():
@@ -223,5 +223,17 @@ def test_warnings_reach_results_info_and_predict(shipped):
     assert far.info["hip_warnings"] == shipped.results["warnings"]
     results = shipped.predict([far.copy(), long], batch_size=2)
     assert results[0]["warnings"] == shipped.results["warnings"]
-    assert any(w.startswith("natoms: 74 atoms, outside the training range 3–21") for w in results[1]["warnings"])
+    assert any(w.startswith("natoms: 74 atoms, outside the training range 3-21") for w in results[1]["warnings"])
     assert long.info["hip_warnings"] == results[1]["warnings"]
+
+
+def test_messages_survive_an_extxyz_round_trip(tmp_path):
+    import ase.io
+
+    atoms = molecule("H2O") + Atoms("O", positions=[[30.0, 0.0, 0.0]])
+    forces = np.full((4, 3), 1.0)
+    found = domain_warnings(atoms.numbers, atoms.positions, forces, np.eye(12) * 10, DOMAIN)
+    assert codes(found) == ["fragments", "forces", "sum_rule"]
+    atoms.info["hip_warnings"] = [str(w) for w in found]
+    ase.io.write(tmp_path / "w.extxyz", atoms)
+    assert ase.io.read(tmp_path / "w.extxyz").info["hip_warnings"] == atoms.info["hip_warnings"]
