@@ -146,7 +146,8 @@ class HIPCalculator(Calculator):
             leaves out F as the paper does).
         seed: the edge-frame roll drawn in every forward pass.
         dtype: ``"float32"`` (default) or ``"float64"``: the precision the model runs in (a loaded
-            model passed as ``model`` is converted in place). float64 costs 1.5–3× the time.
+            model passed as ``model`` is converted in place). float64 took 1.3× the time of float32 for
+            CH3OH and 1.8× for a 20-atom molecule (shipped checkpoint, one CPU thread).
         **kwargs: ASE ``Calculator`` arguments (``label``, ``directory``, ...).
 
     Results are cached as in every ASE calculator: one forward pass computes energy, forces and (for
