@@ -28,8 +28,6 @@ from hip.training import register_resolvers
 
 register_resolvers()
 
-DTYPES = ("float32", "float64")
-
 
 def run_name(input_path: str, *settings: str) -> str:
     """``<input stem>-<8 hex digits>``: the default run directory's name, the same for the same input file
@@ -46,9 +44,11 @@ def check_options(cfg: DictConfig) -> None:
     """One-line errors for options of the wrong kind, naming the option and what it accepts.
 
     Raises:
-        ValueError: ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in :data:`DTYPES`;
+        ValueError: ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in
+            :data:`hip.calculator.DTYPES`;
             ``formats`` not a list of known names; temperature or pressure not positive.
     """
+    from hip.calculator import DTYPES
     from hip.prediction_store import FORMATS
 
     for key in ("eval.batch_size", "window"):
@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> Path:
     check_options(cfg)
     out_dir = Path(cfg.output_dir)
     print(f"predict.py: run directory {out_dir}")
-    calculator_kwargs = {"hessian_method": cfg.hessian, "energy": cfg.energy, "seed": cfg.seed}
+    calculator_kwargs = {"hessian_method": cfg.hessian, "energy": cfg.energy, "seed": cfg.seed, "dtype": cfg.dtype}
     calc = HIPCalculator(cfg.ckpt_path, device="cpu", **calculator_kwargs)  # checks the checkpoint and options
     dataset = FrameBatches(cfg.input, cfg.eval.batch_size, cfg.window, out_dir)
     next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work

@@ -61,7 +61,8 @@ class FramePrediction:
         frequencies: (3N − 6 or 3N − 5,) cm⁻¹, negative for imaginary modes (empty for one atom).
         n_imaginary: modes below ``−imaginary_threshold_cm1``.
         zpe: zero-point energy over the real modes, eV.
-        extremum: ``minimum``, ``transition state``, ``saddle point of order k``, or ``atom``.
+        extremum: ``minimum``, ``transition state``, ``saddle point of order k``
+            (:func:`hip.vibrations.extremum_type`; a single atom has no vibrational modes).
         thermo: ``enthalpy_eV``, ``entropy_eV_per_K``, ``gibbs_energy_eV`` at the run's temperature and
             pressure, empty where they are not meaningful (see ``notes``).
         warnings: the calculator's applicability warnings (``"code: message"``).
@@ -200,13 +201,9 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
 
     hessian = np.asarray(result["hessian"])
     warnings_ = list(result.get("warnings", ()))
-    if len(atoms) == 1:
-        frequencies = np.zeros(0)
-    else:
-        frequencies = vibrational_analysis(hessian, atoms.positions, atoms.numbers,
-                                           atoms.get_masses()).frequencies.numpy()
-    n_imaginary = count_imaginary(frequencies, settings.imaginary_threshold_cm1) if len(frequencies) else 0
-    extremum = extremum_type(n_imaginary) if len(atoms) > 1 else "atom"
+    frequencies = vibrational_analysis(hessian, atoms.positions, atoms.numbers, atoms.get_masses()).frequencies.numpy()
+    n_imaginary = count_imaginary(frequencies, settings.imaginary_threshold_cm1)
+    extremum = extremum_type(n_imaginary, len(frequencies))
     notes = []
     if n_imaginary:
         notes.append(f"H, S, G not given: {n_imaginary} imaginary mode(s)")

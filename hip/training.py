@@ -169,7 +169,25 @@ class HIPModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_fit_start(self) -> None:
+        """Record the training split's :class:`~hip.domain.TrainingDomain` (once; a resumed run keeps
+        the record of its checkpoint), which every checkpoint then holds (``checkpoint["training_domain"]``)."""
+        if getattr(self, "training_domain", None) is not None:
+            return
+        from hip.domain import TrainingDomain, domain_of_dataset
+
+        datamodule = self.trainer.datamodule
+        dataset = datamodule.dataset("train") if hasattr(datamodule, "dataset") else None
+        if dataset is None:
+            self.training_domain = TrainingDomain(hessian_readout_trained=self.predicts_hessian,
+                                                  source="trained without a HormDataModule")
+        else:
+            self.training_domain = domain_of_dataset(dataset, hessian_readout_trained=self.predicts_hessian)
+        logger.info("training domain: %s", self.training_domain.describe())
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "training_domain", None) is not None:
+            checkpoint["training_domain"] = self.training_domain.to_dict()
         # called on every rank (Lightning's dump_checkpoint), so the gather below is collective
         states = [rng_states()]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -178,6 +196,10 @@ class HIPModule(L.LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("training_domain") is not None:
+            from hip.domain import TrainingDomain
+
+            self.training_domain = TrainingDomain.from_dict(checkpoint["training_domain"], "the checkpoint")
         if self._trainer is None:  # load_from_checkpoint: not a resume, leave the RNGs alone
             return
         states = checkpoint.get("rng_states")

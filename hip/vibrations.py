@@ -210,7 +210,8 @@ def vibrational_analysis(
 
     Returns:
         :class:`VibrationalModes` (eigenvalues eV/(Å²·amu), mass-weighted eigenvectors, frequencies
-        cm⁻¹ with negative values for imaginary modes), ascending.
+        cm⁻¹ with negative values for imaginary modes), ascending; for one atom empty (eigenvectors
+        (3, 0)), see :data:`NO_VIBRATIONAL_MODES`.
     """
     pos = _f64(pos)
     m = _masses_for(z, masses, pos.device)
@@ -235,11 +236,21 @@ def count_imaginary(frequencies: _ArrayLike, threshold: float = 0.0) -> int:
     return int((_f64(frequencies) < -threshold).sum())
 
 
-def extremum_type(n_imaginary: int) -> str:
+#: What :func:`extremum_type` says for a molecule without vibrational modes (a single atom: 3N − 3 = 0).
+NO_VIBRATIONAL_MODES = "no vibrational modes (a single atom)"
+
+
+def extremum_type(n_imaginary: int, n_modes: int | None = None) -> str:
     """``"minimum"`` (no imaginary mode), ``"transition state"`` (one: a first-order saddle point) or
-    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3."""
+    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3; :data:`NO_VIBRATIONAL_MODES` when the
+    number of vibrational modes ``n_modes`` is 0 (one atom). Raises ValueError: ``n_imaginary`` < 0
+    or above ``n_modes``."""
+    if n_modes == 0 and n_imaginary == 0:
+        return NO_VIBRATIONAL_MODES
     if n_imaginary < 0:
         raise ValueError(f"n_imaginary must be ≥ 0, got {n_imaginary}")
+    if n_modes is not None and n_imaginary > n_modes:
+        raise ValueError(f"n_imaginary = {n_imaginary} exceeds the {n_modes} vibrational modes")
     return {0: "minimum", 1: "transition state"}.get(n_imaginary, f"saddle point of order {n_imaginary}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,8 +43,10 @@ def calc(tiny_checkpoint):
 
 
 def reference_outputs(model, atoms: Atoms, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``model(batch)`` of one molecule with the edge-frame roll drawn from ``seed``."""
-    batch = collate_molecules([atoms], model.graph_builder())
+    """``model(batch)`` of one molecule, positions centred on their mean as the calculator does (the
+    model is translation-invariant; centring changes only float32 rounding), with the edge-frame roll
+    drawn from ``seed``."""
+    batch = collate_molecules([(atoms.numbers, atoms.positions - atoms.positions.mean(0))], model.graph_builder())
     torch.manual_seed(seed)
     with torch.no_grad():
         return model(batch)
@@ -99,7 +103,7 @@ def test_one_forward_serves_all_properties(calc, monkeypatch):
 def test_baseline_hessians_equal_hip_model_autodiff(calc, method):
     atoms = molecule("HCOOH")
     n = len(atoms)
-    batch = collate_molecules([atoms], calc.model.graph_builder())
+    batch = collate_molecules([(atoms.numbers, atoms.positions - atoms.positions.mean(0))], calc.model.graph_builder())
     if method == "autodiff":
         torch.manual_seed(0)
         expected = autodiff_hessian(calc.model, batch)
@@ -240,3 +244,65 @@ def test_switching_method_recomputes_the_last_atoms(tiny_checkpoint):
     torch.manual_seed(0)
     np.testing.assert_array_equal(autodiff, autodiff_hessian(calc.model, batch).double().view(9, 9).numpy())
     assert not np.array_equal(hip, autodiff)
+
+
+# ---- precision ---------------------------------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[1] / "ckpt" / "hip_small.ckpt"
+
+
+def test_float64_agrees_with_float32_to_its_rounding_and_is_float64_throughout():
+    atoms = molecule("CH3OH")
+    c32, c64 = HIPCalculator(SHIPPED), HIPCalculator(SHIPPED, dtype="float64")
+    assert {p.dtype for p in c64.model.parameters()} == {torch.float64}
+    assert {b.dtype for b in c64.model.buffers() if b.is_floating_point()} == {torch.float64}
+    seen = []  # dtypes of every floating tensor any submodule returns
+    hooks = [m.register_forward_hook(lambda _, __, out: seen.extend(
+        t.dtype for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)
+        and t.is_floating_point())) for m in c64.model.modules()]
+    try:
+        c64.calculate(atoms.copy(), ["energy", "forces", "hessian"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and set(seen) == {torch.float64}
+    r64 = dict(c64.results)
+    c32.calculate(atoms.copy(), ["energy", "forces", "hessian"])
+    r32 = c32.results
+    for key in ("forces", "hessian"):
+        assert r64[key].dtype == np.float64
+        scale = np.abs(r64[key]).max()
+        assert np.abs(r32[key] - r64[key]).max() <= 1e-5 * scale  # float32: ε = 6e-8, a few hundred roundings
+        assert not np.array_equal(r32[key], r64[key])  # and they did run in different precisions
+    c32.set(energy="ae"), c64.set(energy="ae")
+    assert c32.get_potential_energy(atoms) == pytest.approx(c64.get_potential_energy(atoms), rel=1e-5)
+    assert HIPCalculator(SHIPPED).model.SO3_rotation[0].mapping.to_m.dtype == torch.float32  # a fresh load
+
+
+def test_unknown_dtype_is_refused(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got 'float16'"):
+        HIPCalculator(tiny_checkpoint, dtype="float16")
+
+
+# ---- a single atom -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("symbol", ["C", "O"])
+def test_single_atom_has_an_energy_and_no_vibrational_modes(calc, symbol):
+    from hip.vibrations import NO_VIBRATIONAL_MODES, extremum_type, vibrational_analysis, zero_point_energy
+
+    atom = Atoms(symbol, positions=[[1.0, 2.0, 3.0]])
+    energy = calc.get_potential_energy(atom)
+    assert np.isfinite(energy)
+    assert energy - HORM_REFERENCES[symbol] == pytest.approx(reference_outputs(calc.model, atom)["energy"].item(),
+                                                             abs=1e-6)
+    np.testing.assert_array_equal(calc.get_forces(atom), np.zeros((1, 3)))  # no neighbours, no force
+    hessian = calc.get_hessian(atom)
+    assert hessian.shape == (3, 3)
+    modes = vibrational_analysis(hessian, atom.positions, atom.numbers)
+    assert modes.frequencies.shape == (0,) and modes.eigenvectors.shape == (3, 0)
+    assert extremum_type(0, n_modes=len(modes.frequencies)) == NO_VIBRATIONAL_MODES
+    assert zero_point_energy(hessian, atom.positions, atom.numbers) == 0.0
+    # in a batch with a molecule (which has edges) the atom gets the same energy
+    batched = calc.predict([atom, molecule("H2O")], batch_size=2)
+    assert batched[0]["energy"] == pytest.approx(energy, abs=1e-5)
+    assert any(w.startswith("domain_unknown") for w in batched[0]["warnings"])  # the tiny file has no record

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from hip.domain import TrainingDomain, checkpoint_domain
 from hip.model.hip_equiformer import HESSIAN_MODULES, HIPEquiformerV2
 from hip.safe_loading import RefusedGlobalError, safe_torch_load, to_plain
 
@@ -129,7 +130,14 @@ def load_state_dict_checked(model: HIPEquiformerV2, state_dict: Mapping[str, tor
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     trusted: bool = False) -> tuple[dict, dict]:
-    """Model kwargs and state dict (authors' = our names, no prefix) of a checkpoint in any format.
+    """Model kwargs and state dict of a checkpoint: :func:`read_checkpoint_and_domain` without the domain."""
+    config, state_dict, _ = read_checkpoint_and_domain(path, map_location, trusted)
+    return config, state_dict
+
+
+def read_checkpoint_and_domain(path: str | Path, map_location: str | torch.device = "cpu",
+                               trusted: bool = False) -> tuple[dict, dict, TrainingDomain]:
+    """Model kwargs, state dict (authors' = our names, no prefix) and training domain of a checkpoint.
 
     Args:
         path: checkpoint file.
@@ -139,14 +147,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
             :mod:`hip.safe_loading`'s allow-lists. Off by default.
 
     Returns:
-        (model kwargs as plain dicts and lists, state dict of tensors).
+        (model kwargs as plain dicts and lists, state dict of tensors, the
+        :class:`~hip.domain.TrainingDomain` recorded in our checkpoints, unknown for other formats).
 
     Raises:
         FileNotFoundError: the file does not exist.
         CheckpointError: ``path`` is a directory; not a readable torch file (text, random bytes,
             truncated); a file naming types outside the allow-lists (refused before any of it
             runs; the message names them); no ``state_dict`` of tensors; unrecognised format or
-            unknown config.
+            unknown config; a malformed ``training_domain`` record.
     """
     path = Path(path)
     if path.is_dir():
@@ -167,15 +176,30 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: 'hyper_parameters' is a {type(hparams).__name__}, expected a dict")
     if isinstance(hparams.get("model"), Mapping) and any(k.startswith("model.") for k in state_dict):
         where = f"{path} ['hyper_parameters']['model']"  # (a) ours
-        return _plain_config(hparams["model"], where), _strip_prefix(state_dict, "model.")
+        return _with_domain(checkpoint, path, "our checkpoint", _plain_config(hparams["model"], where),
+                            _strip_prefix(state_dict, "model."))
     if "config" in checkpoint:  # (d) plain dict with the authors' names
         where = f"{path} ['config']"
-        return config_from_authors(_plain_config(checkpoint["config"], where), where), dict(state_dict)
+        return _with_domain(checkpoint, path, "a plain state dict",
+                            config_from_authors(_plain_config(checkpoint["config"], where), where), dict(state_dict))
     if (authors := _find_authors_config(hparams)) is not None:  # (b), (c)
         where = f"{path} ['hyper_parameters']"
-        return config_from_authors(_plain_config(authors, where), where), _strip_prefix(state_dict, "potential.")
+        return _with_domain(checkpoint, path, "a HIP authors' or HORM checkpoint",
+                            config_from_authors(_plain_config(authors, where), where),
+                            _strip_prefix(state_dict, "potential."))
     raise CheckpointError(f"{path}: no model config found (looked for hyper_parameters['model'], "
                           "'config', and a hyper_parameters dict with 'sphere_channels')")
+
+
+def _with_domain(checkpoint: Mapping[str, Any], path: Path, kind: str, config: dict, state_dict: dict
+                 ) -> tuple[dict, dict, TrainingDomain]:
+    """(config, state dict, the checkpoint's training domain); a malformed record is a CheckpointError."""
+    try:
+        domain = checkpoint_domain(checkpoint, any(k.startswith("hessian_layers.") for k in state_dict), kind,
+                                   str(path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return config, state_dict, domain
 
 
 def _plain_config(config: Any, where: str) -> dict[str, Any]:
@@ -237,12 +261,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         **overrides: model kwargs replacing the checkpoint's (e.g. ``num_layers_hessian`` for a
             HORM backbone).
 
+    Returns:
+        The model, with ``model.training_domain`` (:class:`~hip.domain.TrainingDomain`: what it was
+        trained on; unknown for checkpoints without a record) and ``model.hessian_readout_trained``
+        (False for a backbone-only file, HORM's ``eqv2.ckpt`` and readouts recorded as untrained).
+
     Raises:
         FileNotFoundError: the file does not exist.
         CheckpointError: unreadable or refused file, unrecognised format, unknown config, or
             mismatched weights (listed); see :func:`read_checkpoint`.
     """
-    config, state_dict = read_checkpoint(path, map_location, trusted)
+    config, state_dict, domain = read_checkpoint_and_domain(path, map_location, trusted)
     model = HIPEquiformerV2(**(config | overrides)).to(map_location)
     has_hessian = any(k.startswith("hessian_layers.") for k in state_dict)
     load_state_dict_checked(model, state_dict, str(path), allow_missing_hessian=not has_hessian)
@@ -250,6 +279,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         warnings.warn(f"{path} has no Hessian readout (a HORM energy/force checkpoint): the Hessian "
                       "head is untrained until you train it (python train.py experiment=hip_frozen)",
                       stacklevel=2)
+    model.training_domain = domain
+    model.hessian_readout_trained = domain.hessian_readout_trained is not False
     return model.eval()
 
 

@@ -68,12 +68,12 @@ def grid_map(features: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Ten
     if features.device.type == "cpu":
         step = max(1, CPU_GRID_CHUNK_BYTES // (to_grid.shape[0] * c * features.element_size()))
     chunks = []
-    for first in range(0, k_items, step):
+    for first in range(0, max(k_items, 1), step):  # one (empty) chunk for K = 0: no edges
         part = coefficient_major[:, first:first + step]
-        values = function((to_grid @ part.reshape(m, -1)).view(to_grid.shape[0], part.shape[1], c))
-        chunks.append(from_grid @ values.reshape(to_grid.shape[0], -1))
+        values = function((to_grid @ part.flatten(1)).view(to_grid.shape[0], part.shape[1], c))
+        chunks.append(from_grid @ values.flatten(1))
     out = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
-    return out.view(from_grid.shape[0], k_items, -1).transpose(0, 1)
+    return out.view(from_grid.shape[0], k_items, values.shape[2]).transpose(0, 1)
 
 
 class FastLayer:
@@ -197,7 +197,7 @@ def so2_convolution(conv: SO2_Convolution, blocks: list[torch.Tensor], x_edge: t
 def m_blocks(features: torch.Tensor, lmax: int, mmax: int) -> list[torch.Tensor]:
     """Split m-primary features [E, K, C] into the blocks :func:`so2_convolution` reads."""
     parts = features.split(m_block_sizes(lmax, mmax), dim=1)
-    return [parts[0].reshape(len(features), -1)] + [p.reshape(len(features), 2, -1) for p in parts[1:]]
+    return [parts[0].flatten(1)] + [p.unflatten(1, (2, -1)).flatten(2) for p in parts[1:]]
 
 
 class FastSO2Attention(SO2EquivariantGraphAttention, FastLayer):
@@ -236,7 +236,7 @@ class FastSO2Attention(SO2EquivariantGraphAttention, FastLayer):
         rotation, _ = m_primary_wigner(self.SO3_rotation[0], self.mappingReduced, lmax, mmax)
         pairs = torch.cat((x.embedding[source], x.embedding[target]), dim=2)
         blocks = [torch.bmm(w, pairs) for w in rotation]
-        blocks = [blocks[0].view(len(pairs), -1)] + [b.view(len(pairs), 2, -1) for b in blocks[1:]]
+        blocks = [blocks[0].flatten(1)] + [b.unflatten(1, (2, -1)).flatten(2) for b in blocks[1:]]
         n_alpha = self.num_heads * self.attn_alpha_channels
         hidden, extra = so2_convolution(self.so2_conv_1, blocks, x_edge, extra_from=0 if attention else n_alpha)
         gating = extra.narrow(1, n_alpha, extra.shape[1] - n_alpha) if attention else extra

@@ -49,6 +49,22 @@ def edge_geometry(pos: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Te
     return vec, vec.norm(dim=-1)
 
 
+def edge_rot_mat(edge_vec: torch.Tensor) -> torch.Tensor:
+    """fairchem's edge frames [E, 3, 3] (rows: roll axis z, edge direction x, −x×z), detached.
+
+    In float64 the random roll is drawn exactly as in float32 (fairchem's ``init_edge_rot_mat`` on the
+    float32 vectors consumes the same random numbers) and the frame is then rebuilt in float64 around
+    the exact edge direction, so float32 and float64 runs with one seed differ by rounding only.
+    """
+    if edge_vec.dtype != torch.float64:
+        return init_edge_rot_mat(edge_vec)
+    roll = init_edge_rot_mat(edge_vec.float())[:, 0].double()
+    x = edge_vec / edge_vec.norm(dim=1, keepdim=True)
+    z = roll - (roll * x).sum(dim=1, keepdim=True) * x
+    z = z / z.norm(dim=1, keepdim=True)
+    return torch.stack((z, x, -torch.linalg.cross(x, z, dim=1)), dim=1).detach()
+
+
 class HIPEquiformerV2(EquiformerV2Backbone):
     """Energy, forces and Hessian of molecules in one forward pass (paper §3, Fig. 1).
 
@@ -191,12 +207,18 @@ class HIPEquiformerV2(EquiformerV2Backbone):
             self._frames = None
 
     def _edge_frames(self, key: str, edge_vec: torch.Tensor) -> torch.Tensor:
-        """Per-edge rotation matrices [E, 3, 3] (fairchem's, with a random roll about the edge)."""
+        """Per-edge rotation matrices [E, 3, 3] (fairchem's, with a random roll about the edge).
+
+        A graph without edges (a single atom, atoms beyond every cutoff) has none: fairchem's
+        ``init_edge_rot_mat`` would fail on its ``torch.min`` over the empty edge set.
+        """
+        if edge_vec.shape[0] == 0:
+            return edge_vec.new_zeros((0, 3, 3))
         frames = getattr(self, "_frames", None)
         if frames is None:
-            return init_edge_rot_mat(edge_vec)
+            return edge_rot_mat(edge_vec)
         if key not in frames:
-            frames[key] = init_edge_rot_mat(edge_vec)
+            frames[key] = edge_rot_mat(edge_vec)
         return frames[key]
 
     def _init_edge_rot_mat(self, data, edge_index, edge_distance_vec):
