@@ -6,31 +6,20 @@ the table and figure appear. What the numbers mean is tested in tests/test_optim
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
-from test_calculator import write_tiny_checkpoint
+from helpers import load_script, write_tiny_checkpoint
 
 from hip.optimize import GAUSSIAN_CRITERIA, HA_PER_BOHR_IN_EV_PER_A
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 VAL = ROOT / "data" / "embedded" / "val.lmdb"
-
-
-def load_script(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

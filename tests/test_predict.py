@@ -9,18 +9,13 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
+from helpers import periodic_water
 from hydra import compose, initialize_config_dir
-from test_calculator import write_tiny_checkpoint
 
 from hip.calculator import HIPCalculator
 from hip.vibrations import vibrational_analysis
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 def three_frames():
@@ -87,15 +82,9 @@ def test_predict_writes_viewable_modes(tmp_path, tiny_checkpoint):
     assert len(ase.io.read(out / "modes" / "frame_0" / "mode_002.traj", index=":")) == 30
 
 
-def _periodic_water():
-    atoms = molecule("H2O", vacuum=4.0)
-    atoms.pbc = True
-    return atoms
-
-
 @pytest.mark.parametrize(("frames", "match"), [
     ([molecule("H2O"), molecule("CH3Cl")], r"frame 1 \(CH3Cl\): field 'numbers' has elements \['Cl'\]"),
-    ([molecule("CH4"), molecule("NH3"), _periodic_water()], r"frame 2 \(H2O\): field 'pbc'"),
+    ([molecule("CH4"), molecule("NH3"), periodic_water(4.0)], r"frame 2 \(H2O\): field 'pbc'"),
 ])
 def test_bad_frames_name_file_and_frame(tmp_path, tiny_checkpoint, frames, match):
     from predict import run

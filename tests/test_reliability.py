@@ -21,22 +21,14 @@ import lightning as L
 import lmdb
 import pytest
 import torch
-from conftest import HORM_SAMPLE, TINY_MODEL
-from test_training import compose_train
+from helpers import HORM_SAMPLE, TINY_MODEL, compose_train, our_checkpoint
 
 from hip import HIPEquiformerV2
-from hip.data.horm import HormDataError, close_shards, open_shard
+from hip.data.horm import HormDataError, open_shard
 from hip.model.checkpoints import CheckpointError
 from hip.training import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_shards_after_module():
-    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
-    yield
-    close_shards()
 
 
 class LossRecorder(L.Callback):
@@ -420,8 +412,7 @@ def test_backbone_checkpoint_of_another_architecture_lists_the_mismatched_keys(t
     torch.manual_seed(0)
     other = HIPEquiformerV2(**{**TINY_MODEL, **size})
     path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
-                "hyper_parameters": {"model": other.config}}, path)
+    torch.save(our_checkpoint(other), path)
     with pytest.raises(CheckpointError) as error:
         train(compose_train(tmp_path, ["experiment=hip_e2e", "model=tiny", f"model.backbone_ckpt={path}"]))
     message = str(error.value)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, compose_train, write_tiny_checkpoint
 from hydra import compose, initialize_config_dir
-from test_training import compose_train, save_tiny_backbone
 
 from hip import collate_molecules, load_checkpoint, split_hessian
 from hip.data import HormDataset
@@ -98,7 +97,7 @@ def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_pat
     settings the config's, and the run's checkpoint rebuilds that model."""
     from train import train
 
-    backbone = save_tiny_backbone(tmp_path / "tiny.ckpt")
+    backbone = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
     cfg = compose_train(tmp_path, ["experiment=hip_frozen", "model=hip_equiformer_v2",
                                    f"model.backbone_ckpt={backbone}", "model.model.num_layers_hessian=2",
                                    "+trainer.fast_dev_run=1"])
@@ -113,7 +112,7 @@ def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_pat
 
 
 def test_backbone_candidates_first_existing_file_wins(tmp_path, caplog):
-    backbone = str(save_tiny_backbone(tmp_path / "b.ckpt"))
+    backbone = str(write_tiny_checkpoint(tmp_path / "b.ckpt"))
     missing = str(tmp_path / "eqv2.ckpt")
     readout = {k: TINY_MODEL[k] for k in HESSIAN_CONFIG_KEYS if k in TINY_MODEL}
     with caplog.at_level(logging.WARNING):

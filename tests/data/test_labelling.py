@@ -7,7 +7,6 @@ route independent of the Hartree/Bohr conversion factors.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import pickle
 import shutil
@@ -16,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import HORM_SAMPLE, load_script
 
 from hip.constants import ATOM_REFERENCE_ENERGY_EV, HORM_ELEMENTS
 from hip.data import labelling as lab
 
 REPO = Path(__file__).resolve().parents[2]
-HORM_SAMPLE = REPO.parent / "shared" / "horm" / "sample_100.lmdb"
 CHEAP = {"xc": "lda,vwn", "basis": "sto-3g", "conv_tol": 1e-12}
 
 # A slightly distorted water molecule (Å): non-zero forces, no symmetry.
@@ -266,17 +265,10 @@ def test_plan_is_deterministic_and_keys_count_per_split():
 # ------------------------------------------------------------------------------- the script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("label_dft", REPO / "scripts" / "label_dft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_labels_resumes_and_refuses_changed_inputs(tmp_path, capsys):
     pytest.importorskip("pyscf")
     pytest.importorskip("ase")
-    script = _load_script()
+    script = load_script("label_dft")
     argv = ["--molecules", "H2O", "NH3", "--displacements", "1", "--sigma", "0.03", "--seed", "0",
             "--output-dir", str(tmp_path), "--val-fraction", "0.5", "--xc", "lda,vwn", "--basis", "sto-3g"]
     assert script.main(argv) == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 from hip import HIPEquiformerV2, collate_molecules, split_hessian
 from hip.model.autodiff import autodiff_hessian, finite_difference_hessian, prefers_vectorized

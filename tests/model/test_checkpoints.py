@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, our_checkpoint
 
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
 from hip.model.checkpoints import CheckpointError
@@ -42,8 +42,7 @@ def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
     torch.manual_seed(0)
     model = HIPEquiformerV2(**TINY_MODEL).eval()
     path = tmp_path / "ours.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": model.config}}, path)
+    torch.save(our_checkpoint(model), path)
     loaded = load_checkpoint(path)
     assert not loaded.training
     batch = collate_molecules(horm_molecules, model.graph_builder())
