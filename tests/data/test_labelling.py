@@ -1,8 +1,7 @@
 """Tests of the DFT labelling tool (hip/data/labelling.py, scripts/label_dft.py).
 
-DFT tests use a cheap level (LDA/STO-3G, or HORM's level on H2) so the file runs in well under a
-minute on 2 cores; unit conversions are checked against finite differences computed in Å and eV, a
-route independent of the Hartree/Bohr conversion factors.
+DFT tests use a cheap level (LDA/STO-3G, or HORM's level on H2) to stay fast; unit conversions are
+checked against finite differences computed in Å and eV, a route independent of the Hartree/Bohr conversion factors.
 """
 
 from __future__ import annotations
