@@ -32,6 +32,7 @@ def test_bench_hessian_profile(horm_sample_path, tmp_path, capsys, restore_torch
     assert "hessian_head" in out and "so2_convolution" in out  # the fast path's stages are labelled
 
 
+@pytest.mark.slow
 def test_bench_hessian_eager_and_fast(horm_sample_path, tmp_path, capsys, restore_torch_settings):
     """One run times forward and HIP on both paths, AD and FD on the fast path, and writes them all."""
     bench = load_script("bench_hessian")
@@ -72,6 +73,7 @@ def test_bench_hessian_peak_memory_counts_tensors(restore_torch_settings):
     assert 12 <= peak < 12.5
 
 
+@pytest.mark.slow
 def test_bench_train_step(horm_sample_path, capsys, restore_torch_settings):
     """All five variants are timed and the printed ratios are those of their medians."""
     bench = load_script("bench_train_step")

@@ -31,6 +31,7 @@ def rows(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_bench_relax_runs_and_resumes(tiny, tmp_path, capsys):
     script = load_script("bench_relax")
     args = ["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2", "--max-steps", "3",
@@ -81,6 +82,7 @@ def test_internal_coordinates_leave_out_the_cartesian_identity_start(tiny, tmp_p
     assert "left out" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, horm_sample_path):
     script = load_script("bench_ts_search")
     args = ["--ckpt", tiny, "--data", str(horm_sample_path), "--max-molecules", "2", "--smallest-first",
@@ -106,6 +108,7 @@ def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, h
     assert table["P-RFO (HIP)"]["DFT checked"] == 1 and table["P-RFO (HIP)"]["DFT TS [%]"] == 0
 
 
+@pytest.mark.slow
 def test_bench_zpe_on_stored_and_dft_relaxed_geometries(tiny, tmp_path):
     script = load_script("bench_zpe")
     table = script.main(["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2",

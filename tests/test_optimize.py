@@ -144,6 +144,7 @@ def test_prfo_finds_the_known_saddle(key):
     assert count_negative_modes(atoms.calc.get_hessian(atoms), atoms) == 1
 
 
+@pytest.mark.slow
 def test_irc_from_the_saddle_reaches_both_minima():
     ts = triatomic(C)
     result = irc_verify(ts, DoubleWell, calculator_hessian, irc_steps=40)
@@ -263,6 +264,7 @@ def test_results_log_resumes_and_refuses_other_settings(tmp_path):
 
 
 # ---- DFT verification (cheap basis) ---------------------------------------------------------------
+@pytest.mark.slow
 def test_dft_verify_matches_pyscf_on_water():
     """Water near its minimum: no negative DFT mode, not a TS; the force RMS equals PySCF's gradient RMS."""
     pytest.importorskip("pyscf")
@@ -281,6 +283,7 @@ def test_dft_verify_matches_pyscf_on_water():
     assert check.force_rms == pytest.approx(float(np.sqrt((gradient**2).mean())), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dft_verify_finds_the_one_imaginary_mode_of_planar_ammonia():
     """Planar (D3h) NH3 is the first-order saddle of the umbrella inversion: one negative DFT mode, a TS."""
     pytest.importorskip("pyscf")

@@ -130,6 +130,7 @@ def check_crashed_run(out: Path, steps: range) -> dict[int, dict]:
     return losses
 
 
+@pytest.mark.slow
 def test_crash_mid_epoch_then_resume_repeats_the_uninterrupted_run(tmp_path):
     """Run 1 is SIGKILLed half-way through writing last.ckpt in epoch 1 (before any validation), run
     2 resumes and crashes the same way in epoch 2 (simulated in this process: an exception), run 3
@@ -223,6 +224,7 @@ def _fit_recording(out: Path, callbacks: list, ckpt_path: str | None = None) -> 
     return seen
 
 
+@pytest.mark.slow
 def test_training_loader_with_workers_resumes_mid_epoch_in_order(tmp_path):
     """Lightning creates a resumed run's loader iterator before it sets the sampler's epoch, and
     worker processes prefetch from it at once: the sampler must restore its epoch itself."""
@@ -293,6 +295,7 @@ def ddp_overrides(out: Path, trainer: list[str], batch_size: int) -> list[str]:
             *trainer]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path):
     """DDP (2 CPU processes, gloo, batch 2 each) vs 1 process (batch 4), same molecules per step.
 

@@ -263,6 +263,7 @@ def trained_run(tmp_path_factory, horm_sample_path):
     return out / "checkpoints"
 
 
+@pytest.mark.slow
 def test_checkpoints_written_by_train_py_need_no_allowance(trained_run):
     files = sorted(trained_run.glob("*.ckpt"))
     assert {f.name for f in files} >= {"last.ckpt"} and len(files) == 2

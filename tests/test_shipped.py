@@ -59,6 +59,7 @@ def _held_out_errors(model, shard: Path, indices) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.slow
 def test_shipped_checkpoints_reproduce_their_recorded_held_out_metrics(name, horm_sample_path):
     """ckpt/metrics.json (from eval.py, see ckpt/README.md) holds each file's held-out errors."""
     recorded = json.loads((CKPT / "metrics.json").read_text())[name]
@@ -92,6 +93,7 @@ def test_hip_frozen_defaults_to_the_shipped_backbone(tmp_path, caplog):
     assert "backbone_ef_small.ckpt" in caplog.text and "eqv2.ckpt not found" in caplog.text
 
 
+@pytest.mark.slow
 def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_path, horm_sample_path):
     """A tiny backbone under the paper-size model config: the backbone is the checkpoint's, the readout
     settings the config's, and the run's checkpoint rebuilds that model."""
@@ -137,6 +139,7 @@ def test_energy_force_training_does_not_run_the_hessian_readout(horm_sample_path
     assert any(p.grad is not None for p in module.model.blocks.parameters())
 
 
+@pytest.mark.slow
 def test_eval_py_without_arguments_evaluates_the_shipped_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "eval.max_molecules=2", "eval.plots=false",
                              f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -63,6 +63,7 @@ def test_frozen_training_changes_only_hessian_parameters(tmp_path, horm_sample_p
     assert not module.model.blocks.training  # the frozen backbone stayed in eval mode
 
 
+@pytest.mark.slow
 def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
     import subprocess
     import sys

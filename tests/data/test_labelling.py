@@ -83,6 +83,7 @@ def test_odd_electron_count_is_rejected():
 # ------------------------------------------------------------------------------- DFT labels
 
 
+@pytest.mark.slow
 def test_forces_are_minus_finite_difference_of_energy():
     base = _labels(WATER_Z, WATER_POS, hessian=False)
     step = 1e-3  # Å
@@ -99,6 +100,7 @@ def test_forces_are_minus_finite_difference_of_energy():
     np.testing.assert_allclose(base.forces, fd, atol=5e-3)
 
 
+@pytest.mark.slow
 def test_hessian_matches_finite_difference_of_forces():
     base = _labels(WATER_Z, WATER_POS)
     step = 1e-3  # Å
@@ -264,6 +266,7 @@ def test_plan_is_deterministic_and_keys_count_per_split():
 # ------------------------------------------------------------------------------- the script
 
 
+@pytest.mark.slow
 def test_script_labels_resumes_and_refuses_changed_inputs(tmp_path, capsys):
     pytest.importorskip("pyscf")
     pytest.importorskip("ase")

@@ -55,6 +55,7 @@ def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
 
 
 @pytest.mark.parametrize("fmt", ["lightning", "plain"])
+@pytest.mark.slow
 def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
     state, config, parameters = authors_checkpoint(1)
     path = tmp_path / "hip_authors.ckpt"
@@ -72,6 +73,7 @@ def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
         torch.testing.assert_close(model.state_dict()[name], state[name])
 
 
+@pytest.mark.slow
 def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
     state, config, _ = authors_checkpoint(1)
     hessian_prefixes = ("hessian", "edge_degree_embedding_hessian", "SO3_rotation_hessian",
@@ -158,6 +160,7 @@ def test_unreadable_checkpoint_names_file_and_what_was_expected(tmp_path, kind):
     assert message.startswith(str(path)) and UNREADABLE[kind] in message and "expected" in message
 
 
+@pytest.mark.slow
 def test_eval_py_reports_an_unreadable_checkpoint_without_traceback(tmp_path):
     """The command of issue 11, as a user runs it (a subprocess: Hydra finds its configs from the script)."""
     import subprocess
