@@ -12,7 +12,7 @@ is imported or called, with :class:`RefusedGlobalError` naming it (callers add f
   ``Data`` of tensors), and NumPy arrays. The tensor storages inside such a pickle are small
   ``torch.save`` streams that torch itself would read with ``weights_only=False``; here torch's
   parser reads them through an unpickler that allows no global at all (:func:`_load_storage`).
-  Reading takes 1.06-1.08 times as long as ``pickle.loads`` (``scripts/bench_entry_loading.py``).
+  ``scripts/bench_entry_loading.py`` times it against ``pickle.loads`` (README "Performance").
   With ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` set, torch refuses this route and entries cannot be read.
 - **Checkpoints** (:func:`safe_torch_load`): a file that names only globals torch's weights-only
   unpickler accepts by default (tensors, dicts, lists, OrderedDict, numbers, strings), such as

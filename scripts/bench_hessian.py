@@ -44,8 +44,8 @@ separate, untimed run; AD and FD run only their first chunk/row there, since eve
 reuses the same working set.
 
 Examples:
-  python scripts/bench_hessian.py                       # about 10 min on 2 CPU cores
-  python scripts/bench_hessian.py --quick               # smoke run, about 1 min
+  python scripts/bench_hessian.py                       # the full run
+  python scripts/bench_hessian.py --quick               # smoke run
   python scripts/bench_hessian.py --sizes 14 --batch-sizes 32 --repeats 5 --no-expensive
   python scripts/bench_hessian.py --model-kwargs '{"num_layers_hessian": 1}'   # the end-to-end model
   python scripts/bench_hessian.py --device cuda --batch-sizes 1,2,4,8,16,32,64,128 --row-budget 0

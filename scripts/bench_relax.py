@@ -25,7 +25,7 @@ Default input: the equilibrium (G2) geometries of the first 2 validation molecul
 Any HORM-format shard with ``--indices``, or any ASE-readable file, works the same.
 
 Examples:
-  python scripts/bench_relax.py                                   # defaults, about 10 min on 2 CPU cores
+  python scripts/bench_relax.py                                   # defaults
   python scripts/bench_relax.py --data ../shared/horm/sample_100.lmdb --indices 43 63 73
   python scripts/bench_relax.py --methods rfo_hip rfo_bfgs_hip ase_fire --device cuda --ckpt <checkpoint>
 """

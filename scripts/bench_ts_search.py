@@ -29,7 +29,7 @@ Hessian classifies the guesses themselves against their DFT Hessians (``eval.py`
 and ``bench_ts_search.png`` (Fig. 4 style: share of guesses passing each stage per method).
 
 Examples:
-  python scripts/bench_ts_search.py                        # defaults, about 10 min on 2 CPU cores
+  python scripts/bench_ts_search.py                        # defaults
   OMP_NUM_THREADS=1 nohup python scripts/bench_ts_search.py --max-molecules 6 --smallest-first \\
       --methods prfo_hip prfo_ad prfo_fd --time-limit 0 --dft-verify 6 --dft-every-end \\
       --output logs/bench_ts_search_dft &                 # the README's DFT-verified run (hours)

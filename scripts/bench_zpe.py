@@ -15,7 +15,7 @@ Hessians: these are ASE's G2 geometries (MP2 or experiment), not ωB97X minima, 
 small but not zero (a few of the softest modes can come out imaginary; imaginary modes carry no ZPE and
 are counted in ``results.jsonl``). ``--relax-with dft`` first relaxes every molecule with PySCF at
 HORM's level (RS-RFO with BFGS updates from the identity, "Gaussian tight", as the paper) and computes
-its analytic Hessian there: minutes per molecule on 2 CPU cores; each relaxed molecule is stored in
+its analytic Hessian there (slow on a CPU); each relaxed molecule is stored in
 ``dft_relaxed/results.jsonl`` as it finishes and reused by later runs. Pairs here (default data):
 CH3CHO/oxirane (C2H4O) and ethanol/dimethyl ether (C2H6O).
 
@@ -23,7 +23,7 @@ Outputs in ``--output``: ``results.jsonl`` (per molecule and method, resumable),
 ``table.txt`` and ``bench_zpe.png`` (model vs DFT ZPE per method).
 
 Examples:
-  python scripts/bench_zpe.py                                         # about 2 min on 2 CPU cores
+  python scripts/bench_zpe.py                                         # defaults
   python scripts/bench_zpe.py --relax-with dft --max-molecules 4      # DFT-relaxed references (slow)
   python scripts/bench_zpe.py --data ../shared/horm/sample_100.lmdb --indices 43 63 --pairs none
 """

@@ -1,32 +1,15 @@
-"""Shared fixtures: the real HORM sample shard and tiny model settings (float32 unless a test asks)."""
+"""Shared fixtures: the real HORM sample shard and the tiny model of configs/model/tiny.yaml (float32 unless
+a test asks). Plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 
-import lmdb
 import pytest
 import torch
+from helpers import HORM_SAMPLE, TINY_MODEL, read_horm_entries, write_tiny_checkpoint
 
-#: The real 100-molecule HORM shard, read in place (``../shared/horm`` next to the repository).
-HORM_SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE",
-                                  Path(__file__).resolve().parents[2] / "shared" / "horm" / "sample_100.lmdb"))
-
-#: A tiny HIP-EquiformerV2 for tests: seconds per forward on 2 CPU cores.
-TINY_MODEL = dict(num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-                  attn_value_channels=4, ffn_hidden_channels=8, lmax=2, mmax=2, grid_resolution=10,
-                  num_sphere_samples=16, edge_channels=8, num_layers_hessian=1, avg_degree=10.0)
-
-
-def read_horm_entries(indices) -> list:
-    """Raw pickled HORM entries of the sample shard (independent of hip's dataset code)."""
-    env = lmdb.open(str(HORM_SAMPLE), subdir=False, readonly=True, lock=False)
-    with env.begin() as txn:
-        entries = [pickle.loads(txn.get(str(i).encode())) for i in indices]
-    env.close()
-    return entries
+__all__ = ["HORM_SAMPLE", "TINY_MODEL", "read_horm_entries"]  # also importable from here, as before
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,6 +19,19 @@ def _close_shards_after_module():
     from hip.data.horm import close_shards
 
     close_shards()
+
+
+@pytest.fixture
+def tiny_model_config() -> dict:
+    """HIPEquiformerV2 keyword arguments of configs/model/tiny.yaml, composed as ``train.py model=tiny``
+    composes them (a copy: a test may change it)."""
+    return dict(TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model (seed 0) in our checkpoint format, written once per test module."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 @pytest.fixture(scope="session")

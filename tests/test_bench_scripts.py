@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    if str(SCRIPTS) not in sys.path:  # as when run as `python scripts/<name>.py`
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -44,6 +32,7 @@ def test_bench_hessian_profile(horm_sample_path, tmp_path, capsys, restore_torch
     assert "hessian_head" in out and "so2_convolution" in out  # the fast path's stages are labelled
 
 
+@pytest.mark.slow
 def test_bench_hessian_eager_and_fast(horm_sample_path, tmp_path, capsys, restore_torch_settings):
     """One run times forward and HIP on both paths, AD and FD on the fast path, and writes them all."""
     bench = load_script("bench_hessian")
@@ -84,6 +73,7 @@ def test_bench_hessian_peak_memory_counts_tensors(restore_torch_settings):
     assert 12 <= peak < 12.5
 
 
+@pytest.mark.slow
 def test_bench_train_step(horm_sample_path, capsys, restore_torch_settings):
     """All five variants are timed and the printed ratios are those of their medians."""
     bench = load_script("bench_train_step")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.optimize import FIRE
 from ase.vibrations import VibrationsData
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, periodic_water
 
 from hip.calculator import HIPCalculator
 from hip.data.graphs import collate_molecules
@@ -20,21 +21,6 @@ from hip.model.hip_equiformer import HIPEquiformerV2
 
 #: HORM's isolated-atom reference energies, eV, as fitted in ../shared/horm/README.md (independent of hip).
 HORM_REFERENCES = {"H": -16.71317, "C": -1035.52100, "N": -1489.14061, "O": -2046.24251}
-
-
-def write_tiny_checkpoint(path, seed: int = 0):
-    """Save a randomly initialised tiny model in our Lightning format (``model.`` keys, kwargs in
-    ``hyper_parameters["model"]``) at ``path``; returns ``path``."""
-    torch.manual_seed(seed)
-    model = HIPEquiformerV2(**TINY_MODEL).eval()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": dict(TINY_MODEL)}}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -174,12 +160,6 @@ def _radical():
     return atoms
 
 
-def _periodic():
-    atoms = molecule("H2O", vacuum=5.0)
-    atoms.pbc = True
-    return atoms
-
-
 def _overlapping():
     atoms = molecule("CH4")
     atoms.positions[1] = atoms.positions[0] + [0.05, 0, 0]
@@ -189,7 +169,7 @@ def _overlapping():
 @pytest.mark.parametrize(("make", "match"), [
     (lambda: molecule("CH3Cl"), r"field 'numbers' has elements \['Cl'\]"),
     (lambda: molecule("CF4"), r"elements \['F'\] the model was not trained on"),
-    (_periodic, r"field 'pbc' is \[True, True, True\]"),
+    (partial(periodic_water, 5.0), r"field 'pbc' is \[True, True, True\]"),
     (_charged, r"atoms.info\['charge'\] = 1"),
     (_triplet, r"atoms.info\['spin'\] = 3"),
     (_magnetic, "field 'initial_magmoms'"),

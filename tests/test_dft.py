@@ -1,8 +1,8 @@
 """Tests of hip/dft.py: PySCF labels at HORM's level, their units and layout, and the DFT check of a TS.
 
-DFT tests use a cheap level (LDA/STO-3G, or HORM's level on H2 and sto-3g waters) so the file runs in
-about a minute on 2 cores; unit conversions are checked against finite differences computed in Å and
-eV, a route independent of the Hartree/Bohr conversion factors.
+DFT tests use a cheap level (LDA/STO-3G, or HORM's level on H2 and sto-3g waters) to stay fast; unit
+conversions are checked against finite differences computed in Å and eV, a route independent of the
+Hartree/Bohr conversion factors.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def test_odd_electron_count_is_rejected():
 # ------------------------------------------------------------------------------- DFT labels
 
 
+@pytest.mark.slow
 def test_forces_are_minus_finite_difference_of_energy():
     base = _labels(WATER_Z, WATER_POS, hessian=False)
     step = 1e-3  # Å
@@ -88,6 +89,7 @@ def test_forces_are_minus_finite_difference_of_energy():
     np.testing.assert_allclose(base.forces, fd, atol=5e-3)
 
 
+@pytest.mark.slow
 def test_hessian_matches_finite_difference_of_forces():
     base = _labels(WATER_Z, WATER_POS)
     step = 1e-3  # Å
@@ -123,6 +125,7 @@ def test_horm_level_h2_is_symmetric_and_translation_invariant():
 
 
 # ---- DFT verification (cheap basis) ---------------------------------------------------------------
+@pytest.mark.slow
 def test_dft_verify_matches_pyscf_on_water():
     """Water near its minimum: no negative DFT mode, not a TS; the force RMS equals PySCF's gradient RMS."""
     pytest.importorskip("pyscf")
@@ -142,6 +145,7 @@ def test_dft_verify_matches_pyscf_on_water():
     assert check.force_rms == pytest.approx(float(np.sqrt((gradient**2).mean())), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dft_verify_finds_the_one_imaginary_mode_of_planar_ammonia():
     """Planar (D3h) NH3 is the first-order saddle of the umbrella inversion: one negative DFT mode, a TS."""
     pytest.importorskip("pyscf")

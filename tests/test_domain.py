@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
-from conftest import TINY_MODEL, read_horm_entries
+from helpers import TINY_MODEL, authors_config, read_horm_entries
 
 from hip.calculator import HIPCalculator
 from hip.data import HormDataModule
@@ -135,7 +135,7 @@ def test_untrained_readout_refuses_hip_and_says_what_to_use(tmp_path):
     from hip.model.checkpoints import is_hessian_key
 
     tiny = HIPEquiformerV2(**TINY_MODEL)
-    authors = {k: v for k, v in TINY_MODEL.items() if k not in ("lmax", "mmax")} | {"lmax_list": [2], "mmax_list": [2]}
+    authors = authors_config(tiny)
     torch.save({"state_dict": {f"potential.{k}": v for k, v in tiny.state_dict().items() if not is_hessian_key(k)},
                 "hyper_parameters": authors}, tmp_path / "eqv2.ckpt")
     with pytest.warns(UserWarning, match="no Hessian readout"):

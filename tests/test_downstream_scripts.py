@@ -6,16 +6,14 @@ the table and figure appear. What the numbers mean is tested in tests/test_optim
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
-from test_calculator import write_tiny_checkpoint
+from helpers import load_script, write_tiny_checkpoint
 
 from hip.constants import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
 from hip.optimize import GAUSSIAN_CRITERIA
@@ -23,15 +21,6 @@ from hip.optimize import GAUSSIAN_CRITERIA
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 VAL = ROOT / "data" / "embedded" / "val.lmdb"
-
-
-def load_script(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +32,7 @@ def rows(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_bench_relax_runs_and_resumes(tiny, tmp_path, capsys):
     script = load_script("bench_relax")
     args = ["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2", "--max-steps", "3",
@@ -93,6 +83,7 @@ def test_internal_coordinates_leave_out_the_cartesian_identity_start(tiny, tmp_p
     assert "left out" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, horm_sample_path):
     script = load_script("bench_ts_search")
     args = ["--ckpt", tiny, "--data", str(horm_sample_path), "--max-molecules", "2", "--smallest-first",
@@ -118,6 +109,7 @@ def test_bench_ts_search_runs_through_irc_and_dft(tiny, tmp_path, monkeypatch, h
     assert table["P-RFO (HIP)"]["DFT checked"] == 1 and table["P-RFO (HIP)"]["DFT TS [%]"] == 0
 
 
+@pytest.mark.slow
 def test_bench_zpe_on_stored_and_dft_relaxed_geometries(tiny, tmp_path):
     script = load_script("bench_zpe")
     table = script.main(["--ckpt", tiny, "--data", str(VAL), "--max-molecules", "2",

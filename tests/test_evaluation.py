@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, read_horm_entries
+from helpers import load_script, read_horm_entries, write_tiny_checkpoint
 from hydra import compose, initialize_config_dir
 
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
@@ -40,12 +39,7 @@ def datamodule(shard: Path, model: HIPEquiformerV2) -> HormDataModule:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny model in our checkpoint format (the one train.py's ModelCheckpoint writes)."""
-    torch.manual_seed(0)
-    model = HIPEquiformerV2(**TINY_MODEL)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": model.config}}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -189,16 +183,9 @@ def test_parity_sampler_caps_points_and_keeps_methods_aligned():
     assert points["DFT"].min() < 2000 and points["DFT"].max() > 8000  # spread over all batches
 
 
-def _eval_script():
-    spec = importlib.util.spec_from_file_location("hip_eval_script", ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_eval_py_hydra_config(checkpoint, tmp_path):
     """eval.py's config composes with data=horm_sample and runs; a missing checkpoint says so."""
-    script = _eval_script()
+    script = load_script("eval", ROOT)
     overrides = [f"paths.root_dir={ROOT}", f"paths.output_dir={tmp_path}", "data=horm_sample",
                  "data.batch_size=2", "eval.max_molecules=2", "eval.autodiff=false", "eval.plots=false"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):

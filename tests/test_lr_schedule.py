@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from hydra import compose, initialize_config_dir
 
 from hip.data import HormDataModule

@@ -138,6 +138,7 @@ def test_prfo_finds_the_known_saddle(key):
     assert count_negative_modes(atoms.calc.get_hessian(atoms), atoms) == 1
 
 
+@pytest.mark.slow
 def test_irc_from_the_saddle_reaches_both_minima():
     ts = triatomic(C)
     result = irc_verify(ts, DoubleWell, calculator_hessian, irc_steps=40)
@@ -223,7 +224,7 @@ def test_perturb_has_the_requested_rms():
 
 def test_load_molecules_from_ase_files_and_horm_shards(tmp_path, horm_sample_path):
     import ase.io
-    from conftest import read_horm_entries
+    from helpers import read_horm_entries
 
     frames = [triatomic(1.2), triatomic(1.8)]
     path = tmp_path / "two.extxyz"

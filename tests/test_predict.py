@@ -15,8 +15,8 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
+from helpers import periodic_water
 from hydra import compose, initialize_config_dir
-from test_calculator import write_tiny_checkpoint
 
 from hip.calculator import HIPCalculator
 from hip.prediction import iter_batches
@@ -24,11 +24,6 @@ from hip.prediction_store import FREQUENCY_COLUMNS, SUMMARY_COLUMNS, read_manife
 from hip.vibrations import vibrational_analysis
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 def three_frames():
@@ -134,15 +129,9 @@ def test_batches_are_size_sorted_windows(tmp_path):
         assert [len(a) for a in b.frames] == [len(frames[i]) for i in b.indices]
 
 
-def _periodic_water():
-    atoms = molecule("H2O", vacuum=4.0)
-    atoms.pbc = True
-    return atoms
-
-
 @pytest.mark.parametrize(("frames", "match"), [
     ([molecule("H2O"), molecule("CH3Cl")], r"frame 1 \(CH3Cl\): field 'numbers' has elements \['Cl'\]"),
-    ([molecule("CH4"), molecule("NH3"), _periodic_water()], r"frame 2 \(H2O\): field 'pbc'"),
+    ([molecule("CH4"), molecule("NH3"), periodic_water(4.0)], r"frame 2 \(H2O\): field 'pbc'"),
 ])
 def test_bad_frames_name_file_and_frame(tmp_path, tiny_checkpoint, frames, match):
     from predict import run
@@ -157,7 +146,7 @@ def test_bad_frames_name_file_and_frame(tmp_path, tiny_checkpoint, frames, match
 def test_skip_invalid_records_bad_frames_and_keeps_the_others(tmp_path, tiny_checkpoint):
     from predict import run
 
-    frames = [molecule("H2O"), molecule("CH3Cl"), molecule("NH3"), _periodic_water(), molecule("CH4")]
+    frames = [molecule("H2O"), molecule("CH3Cl"), molecule("NH3"), periodic_water(4.0), molecule("CH4")]
     path = tmp_path / "mixed.extxyz"
     ase.io.write(path, frames)
     out = run(predict_config(tmp_path, path, tiny_checkpoint, "eval.batch_size=2", "skip_invalid=true"))

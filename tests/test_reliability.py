@@ -21,22 +21,14 @@ import lightning as L
 import lmdb
 import pytest
 import torch
-from conftest import HORM_SAMPLE, TINY_MODEL
-from test_training import compose_train
+from helpers import HORM_SAMPLE, TINY_MODEL, compose_train, our_checkpoint
 
 from hip import HIPEquiformerV2
-from hip.data.horm import HormDataError, close_shards, open_shard
+from hip.data.horm import HormDataError, open_shard
 from hip.model.checkpoints import CheckpointError
 from hip.training import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _close_shards_after_module():
-    """py-lmdb opens a file once per process: leave no shard open for other test modules."""
-    yield
-    close_shards()
 
 
 class LossRecorder(L.Callback):
@@ -138,6 +130,7 @@ def check_crashed_run(out: Path, steps: range) -> dict[int, dict]:
     return losses
 
 
+@pytest.mark.slow
 def test_crash_mid_epoch_then_resume_repeats_the_uninterrupted_run(tmp_path):
     """Run 1 is SIGKILLed half-way through writing last.ckpt in epoch 1 (before any validation), run
     2 resumes and crashes the same way in epoch 2 (simulated in this process: an exception), run 3
@@ -231,6 +224,7 @@ def _fit_recording(out: Path, callbacks: list, ckpt_path: str | None = None) -> 
     return seen
 
 
+@pytest.mark.slow
 def test_training_loader_with_workers_resumes_mid_epoch_in_order(tmp_path):
     """Lightning creates a resumed run's loader iterator before it sets the sampler's epoch, and
     worker processes prefetch from it at once: the sampler must restore its epoch itself."""
@@ -301,6 +295,7 @@ def ddp_overrides(out: Path, trainer: list[str], batch_size: int) -> list[str]:
             *trainer]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path):
     """DDP (2 CPU processes, gloo, batch 2 each) vs 1 process (batch 4), same molecules per step.
 
@@ -420,8 +415,7 @@ def test_backbone_checkpoint_of_another_architecture_lists_the_mismatched_keys(t
     torch.manual_seed(0)
     other = HIPEquiformerV2(**{**TINY_MODEL, **size})
     path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
-                "hyper_parameters": {"model": other.config}}, path)
+    torch.save(our_checkpoint(other), path)
     with pytest.raises(CheckpointError) as error:
         train(compose_train(tmp_path, ["experiment=hip_e2e", "model=tiny", f"model.backbone_ckpt={path}"]))
     message = str(error.value)

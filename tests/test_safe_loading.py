@@ -19,7 +19,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from conftest import HORM_SAMPLE, TINY_MODEL
+from helpers import HORM_SAMPLE, TINY_MODEL, authors_config, compose_train, our_checkpoint
 from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import OmegaConf
 from torch_geometric.data import Data
@@ -176,17 +176,12 @@ def tiny_model() -> HIPEquiformerV2:
     return HIPEquiformerV2(**TINY_MODEL).eval()
 
 
-def ours(model: HIPEquiformerV2, **extra) -> dict:
-    return {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"model": model.config, **extra}}
-
-
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy_format"])
 def test_malicious_checkpoint_is_refused_unless_trusted(tmp_path, legacy):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.ckpt"
     model = tiny_model()
-    torch.save(ours(model, note=CreatesFile(marker)), path, _use_new_zipfile_serialization=not legacy)
+    torch.save(our_checkpoint(model, note=CreatesFile(marker)), path, _use_new_zipfile_serialization=not legacy)
     torch.load(path, weights_only=False)  # the attack is real
     assert marker.exists()
     marker.unlink()
@@ -202,14 +197,6 @@ def test_malicious_checkpoint_is_refused_unless_trusted(tmp_path, legacy):
         loaded = load_checkpoint(path, trusted=True)  # the documented, unsafe switch does what it says
     assert marker.exists()
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
-
-
-def authors_config(model: HIPEquiformerV2) -> dict:
-    """``model.config`` in the HIP authors' names (lmax_list, mmax_list, avg_num_nodes)."""
-    config = dict(model.config)
-    config["lmax_list"], config["mmax_list"] = [config.pop("lmax")], [config.pop("mmax")]
-    config["avg_num_nodes"] = config.pop("energy_normalizer")
-    return {"name": "EquiformerV2", **config}
 
 
 def test_authors_lightning_checkpoint_with_hydra_configs_loads(tmp_path):
@@ -243,7 +230,7 @@ class RunSettings:
 def test_checkpoint_naming_an_unlisted_config_class_is_refused(tmp_path):
     """OmegaConf containers are allowed, the class a structured config points to is not."""
     path = tmp_path / "structured.ckpt"
-    torch.save({**ours(tiny_model()), "extra": OmegaConf.structured(RunSettings)}, path)
+    torch.save({**our_checkpoint(tiny_model()), "extra": OmegaConf.structured(RunSettings)}, path)
     with pytest.raises(CheckpointError, match=r"refused: the file names .*test_safe_loading\.RunSettings"):
         load_checkpoint(path)
 
@@ -251,8 +238,6 @@ def test_checkpoint_naming_an_unlisted_config_class_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, horm_sample_path):
     """A run directory written by train.py (HIPModule + Lightning + the project's callbacks)."""
-    from test_training import compose_train
-
     from train import train
 
     out = tmp_path_factory.mktemp("run")
@@ -262,6 +247,7 @@ def trained_run(tmp_path_factory, horm_sample_path):
     return out / "checkpoints"
 
 
+@pytest.mark.slow
 def test_checkpoints_written_by_train_py_need_no_allowance(trained_run):
     files = sorted(trained_run.glob("*.ckpt"))
     assert {f.name for f in files} >= {"last.ckpt"} and len(files) == 2

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, compose_train, write_tiny_checkpoint
 from hydra import compose, initialize_config_dir
-from test_training import compose_train, save_tiny_backbone
 
 from hip import collate_molecules, load_checkpoint, split_hessian
 from hip.data import HormDataset
@@ -60,6 +59,7 @@ def _held_out_errors(model, shard: Path, indices) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.slow
 def test_shipped_checkpoints_reproduce_their_recorded_held_out_metrics(name, horm_sample_path):
     """ckpt/metrics.json (from eval.py, see ckpt/README.md) holds each file's held-out errors."""
     recorded = json.loads((CKPT / "metrics.json").read_text())[name]
@@ -93,12 +93,13 @@ def test_hip_frozen_defaults_to_the_shipped_backbone(tmp_path, caplog):
     assert "backbone_ef_small.ckpt" in caplog.text and "eqv2.ckpt not found" in caplog.text
 
 
+@pytest.mark.slow
 def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_path, horm_sample_path):
     """A tiny backbone under the paper-size model config: the backbone is the checkpoint's, the readout
     settings the config's, and the run's checkpoint rebuilds that model."""
     from train import train
 
-    backbone = save_tiny_backbone(tmp_path / "tiny.ckpt")
+    backbone = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
     cfg = compose_train(tmp_path, ["experiment=hip_frozen", "model=hip_equiformer_v2",
                                    f"model.backbone_ckpt={backbone}", "model.model.num_layers_hessian=2",
                                    "+trainer.fast_dev_run=1"])
@@ -113,7 +114,7 @@ def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_pat
 
 
 def test_backbone_candidates_first_existing_file_wins(tmp_path, caplog):
-    backbone = str(save_tiny_backbone(tmp_path / "b.ckpt"))
+    backbone = str(write_tiny_checkpoint(tmp_path / "b.ckpt"))
     missing = str(tmp_path / "eqv2.ckpt")
     readout = {k: TINY_MODEL[k] for k in HESSIAN_CONFIG_KEYS if k in TINY_MODEL}
     with caplog.at_level(logging.WARNING):
@@ -138,6 +139,7 @@ def test_energy_force_training_does_not_run_the_hessian_readout(horm_sample_path
     assert any(p.grad is not None for p in module.model.blocks.parameters())
 
 
+@pytest.mark.slow
 def test_eval_py_without_arguments_evaluates_the_shipped_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "eval.max_molecules=2", "eval.plots=false",
                              f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600, cwd=ROOT)

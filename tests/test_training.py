@@ -7,38 +7,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_MODEL
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from helpers import TINY_MODEL, compose_train, write_tiny_checkpoint
 
-from hip import HIPEquiformerV2
 from hip.data import HormDataModule
 from hip.model.hip_equiformer import HESSIAN_MODULES
 from hip.training import HIPModule
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def save_tiny_backbone(path: Path) -> Path:
-    """A tiny model saved in our checkpoint format, used as the frozen backbone."""
-    torch.manual_seed(0)
-    model = HIPEquiformerV2(**TINY_MODEL)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": model.config}}, path)
-    return path
-
-
-def compose_train(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "model=tiny", "data=horm_sample", "data.train_indices=[0,1,2,3]", "data.val_indices=[80,81]",
-            "data.batch_size=2", "logger=none", "evaluate=false", f"paths.log_dir={tmp_path}", *overrides,
-        ], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path)
-    return cfg
 
 
 @pytest.mark.parametrize("experiment", ["hip_e2e", "hip_frozen", "embedded_demo"])
@@ -47,7 +20,7 @@ def test_fast_dev_run(tmp_path, horm_sample_path, experiment):
 
     overrides = [f"experiment={experiment}", "model=tiny", "+trainer.fast_dev_run=2"]
     if experiment == "hip_frozen":
-        overrides.append(f"model.backbone_ckpt={save_tiny_backbone(tmp_path / 'backbone.ckpt')}")
+        overrides.append(f"model.backbone_ckpt={write_tiny_checkpoint(tmp_path / 'backbone.ckpt')}")
     if experiment == "embedded_demo":
         overrides.append("data=horm_sample")  # the embedded data's own test is in tests/data
     metrics = train(compose_train(tmp_path, overrides))
@@ -65,14 +38,14 @@ def test_frozen_module_without_backbone_checkpoint_says_where_to_get_one(tmp_pat
 def test_bad_mode_and_loss_weights_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         HIPModule(model=TINY_MODEL, mode="both")
-    backbone = str(save_tiny_backbone(tmp_path / "backbone.ckpt"))
+    backbone = str(write_tiny_checkpoint(tmp_path / "backbone.ckpt"))
     with pytest.raises(ValueError, match="frozen mode cannot train energy"):
         HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=backbone,
                   loss_weights={"hessian_mae": 1.0, "forces": 25.0})
 
 
 def test_frozen_training_changes_only_hessian_parameters(tmp_path, horm_sample_path):
-    backbone = str(save_tiny_backbone(tmp_path / "backbone.ckpt"))
+    backbone = str(write_tiny_checkpoint(tmp_path / "backbone.ckpt"))
     module = HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=backbone)
     loaded = torch.load(backbone, weights_only=False)["state_dict"]
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
@@ -90,6 +63,7 @@ def test_frozen_training_changes_only_hessian_parameters(tmp_path, horm_sample_p
     assert not module.model.blocks.training  # the frozen backbone stayed in eval mode
 
 
+@pytest.mark.slow
 def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
     import subprocess
     import sys
@@ -108,7 +82,7 @@ def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
 def test_backbone_cache_is_a_frozen_mode_switch(tmp_path, horm_sample_path):
     """model.backbone_cache_gb caches the frozen backbone's outputs: a second pass over the same molecules
     gives the same loss without running the backbone; end to end it is refused."""
-    backbone = str(save_tiny_backbone(tmp_path / "backbone.ckpt"))
+    backbone = str(write_tiny_checkpoint(tmp_path / "backbone.ckpt"))
     module = HIPModule(model=TINY_MODEL, mode="frozen", backbone_ckpt=backbone, backbone_cache_gb=0.1)
     data = HormDataModule(horm_sample_path, batch_size=2, train_indices=[0, 1], cutoff=12.0, max_neighbors=32,
                           cutoff_hessian=12.0)

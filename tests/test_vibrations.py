@@ -12,7 +12,7 @@ import pytest
 import scipy.constants
 import torch
 from ase import Atoms
-from conftest import HORM_SAMPLE
+from helpers import HORM_SAMPLE
 
 from hip.constants import EV_PER_A2_AMU_TO_CM1, HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2, HARTREE_TO_EV
 from hip.vibrations import (

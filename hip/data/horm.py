@@ -12,9 +12,8 @@ stable whatever the filter settings; ``len(dataset)`` and ``dataset[i]`` count o
 that were kept.
 
 Filtering and invalid entries. When ``exclude_elements`` is non-empty or ``skip_invalid`` is True,
-the entries are read and validated once, at construction. Measured on the sample shard (N = 8–21,
-one CPU core): 0.8 ms per molecule (0.6 ms of it unpickling), so 0.1 s for 100 molecules and about
-15 minutes per million, hence the scan cache below; loading an item with its graphs takes 1.4 ms. With
+the entries are read and validated once, at construction, a cost that grows with the shard (README
+"Performance"), hence the scan cache below. With
 ``skip_invalid=False`` the first invalid entry met there raises; with ``skip_invalid=True`` each one
 is logged (``logging.warning`` naming shard, key and reason), recorded in :attr:`HormDataset.skipped`
 and left out of the index, so indexing stays dense. Without filtering and skipping nothing is read

@@ -51,9 +51,8 @@ def _row_count(batch, max_rows: int | None) -> int:
 def prefers_vectorized(device: torch.device) -> bool:
     """Whether batched-gradient AD beats the row loop on ``device`` (the default of :func:`autodiff_hessian`).
 
-    On a CPU the loop wins: on the 2-core development CPU (paper-size model, N = 14, one thread)
-    the loop took 15.9 s and 233 MiB against 25.4 s and 464 MiB for ``is_grads_batched`` chunks of
-    16 rows (``scripts/bench_hessian.py``, fast path; 10.2 s vs 21.1 s on fairchem's forwards). On a
+    On a CPU the loop wins in time and memory over ``is_grads_batched`` chunks of 16 rows
+    (``scripts/bench_hessian.py`` measures both; README "Performance"). On a
     GPU one batched backward pass per chunk replaces 16 launch-bound ones; this choice is not
     measured yet (no GPU was available to this project): ``scripts/bench_hessian.py --device cuda``
     prints both.

@@ -1,14 +1,13 @@
 """Faster forwards for fairchem's EquiformerV2 modules: the same products in a better memory layout.
 
-Measured with ``scripts/bench_hessian.py --profile`` on a CPU, a third to a half of a
-HIP-EquiformerV2 forward in fairchem's code is moving data between layouts rather than computing:
+On a CPU, much of a HIP-EquiformerV2 forward in fairchem's code moves data between layouts rather
+than computing (``scripts/bench_hessian.py --profile`` shows how much; README "Performance"):
 
 1. S2 activations (edge messages) and grid feed-forward networks (nodes) project features to a
    spherical grid with ``einsum("bai, zic -> zbac")``. The GEMM's [grid point, item·channel] result
    is handed on as a permuted view; the SiLU and linear layers then run on that strided view and
-   the projection back needs a contiguous copy of the whole grid (480 MB for a batch of 32 HORM
-   molecules). :func:`grid_map` keeps the grid in the GEMM's layout and, on a CPU, works through it
-   a cache-sized chunk of items at a time.
+   the projection back needs a contiguous copy of the whole grid. :func:`grid_map` keeps the grid in
+   the GEMM's layout and, on a CPU, works through it a cache-sized chunk of items at a time.
 2. The SO(2) graph attention rotates each edge's features into the edge frame, reorders them from
    l-primary to m-primary with a GEMM by a permutation matrix, cuts them into one block per order m with
    strided copies, and reorders back after each SO(2) convolution. :class:`FastSO2Attention` folds
@@ -36,9 +35,8 @@ from fairchem.core.models.equiformer_v2.transformer_block import FeedForwardNetw
 from torch import nn
 
 #: Grid values computed at a time on a CPU (bytes): the grid of a chunk of items stays in the
-#: core's cache between the projection, the pointwise function and the projection back. Measured on
-#: the 2-core development CPU (S2 activation, 64 channels): 182 edges 19.0 → 13.8 ms, 5824 edges (a
-#: batch of 32 HORM molecules) 1418 → 345 ms, with bitwise equal results.
+#: core's cache between the projection, the pointwise function and the projection back, with bitwise
+#: equal results (timings: README "Performance").
 CPU_GRID_CHUNK_BYTES = 1 << 20
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import HORM_SAMPLE
+from helpers import HORM_SAMPLE
 
 from hip.data import HormDataModule
 

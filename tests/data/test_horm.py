@@ -9,7 +9,7 @@ from pathlib import Path
 import lmdb
 import pytest
 import torch
-from conftest import HORM_SAMPLE
+from helpers import HORM_SAMPLE
 from torch.utils.data import DataLoader
 
 from hip.data import GraphBuilder, HormDataError, HormDataset, collate, split_hessian

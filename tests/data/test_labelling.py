@@ -5,13 +5,12 @@ The DFT itself is tested in tests/test_dft.py, the LMDB reader/writer in tests/d
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import HORM_SAMPLE
+from helpers import HORM_SAMPLE, load_script
 
 from hip.constants import HORM_ELEMENTS
 from hip.data import labelling as lab
@@ -129,17 +128,11 @@ def test_plan_is_deterministic_and_keys_count_per_split():
 # ------------------------------------------------------------------------------- the script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("label_dft", REPO / "scripts" / "label_dft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_script_labels_resumes_and_refuses_changed_inputs(tmp_path, capsys):
     pytest.importorskip("pyscf")
     pytest.importorskip("ase")
-    script = _load_script()
+    script = load_script("label_dft")
     argv = ["--molecules", "H2O", "NH3", "--displacements", "1", "--sigma", "0.03", "--seed", "0",
             "--output-dir", str(tmp_path), "--val-fraction", "0.5", "--xc", "lda,vwn", "--basis", "sto-3g"]
     assert script.main(argv) == 0

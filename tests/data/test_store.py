@@ -20,7 +20,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from conftest import HORM_SAMPLE
+from helpers import HORM_SAMPLE
 
 from hip.data import HormDataError, HormDataset, store
 from hip.data import labelling as lab

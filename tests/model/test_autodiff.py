@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 from hip import HIPEquiformerV2, collate_molecules, split_hessian
 from hip.model.autodiff import autodiff_hessian, finite_difference_hessian, prefers_vectorized
 
 
+@pytest.mark.slow
 def test_autodiff_equals_finite_differences_float64(float64, horm_molecules):
     """fairchem detaches the edge frames, so autograd differentiates at fixed frames: central
     differences at fixed frames must agree to float64 precision (measured max |ΔH| 3e-7 eV/Å² at
@@ -24,6 +26,7 @@ def test_autodiff_equals_finite_differences_float64(float64, horm_molecules):
     torch.testing.assert_close(ad, fd, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batched_rows_loop_and_single_molecules_agree(horm_molecules):
     torch.manual_seed(0)
     model = HIPEquiformerV2(**TINY_MODEL).eval()

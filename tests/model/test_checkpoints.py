@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL, our_checkpoint
 
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
 from hip.model.checkpoints import CheckpointError
@@ -42,8 +42,7 @@ def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
     torch.manual_seed(0)
     model = HIPEquiformerV2(**TINY_MODEL).eval()
     path = tmp_path / "ours.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": model.config}}, path)
+    torch.save(our_checkpoint(model), path)
     loaded = load_checkpoint(path)
     assert not loaded.training
     batch = collate_molecules(horm_molecules, model.graph_builder())
@@ -56,6 +55,7 @@ def test_our_checkpoint_round_trip(tmp_path, horm_molecules):
 
 
 @pytest.mark.parametrize("fmt", ["lightning", "plain"])
+@pytest.mark.slow
 def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
     state, config, parameters = authors_checkpoint(1)
     path = tmp_path / "hip_authors.ckpt"
@@ -73,6 +73,7 @@ def test_authors_checkpoint_loads_by_name(tmp_path, fmt):
         torch.testing.assert_close(model.state_dict()[name], state[name])
 
 
+@pytest.mark.slow
 def test_horm_backbone_checkpoint_warns_hessian_untrained(tmp_path):
     state, config, _ = authors_checkpoint(1)
     hessian_prefixes = ("hessian", "edge_degree_embedding_hessian", "SO3_rotation_hessian",
@@ -159,6 +160,7 @@ def test_unreadable_checkpoint_names_file_and_what_was_expected(tmp_path, kind):
     assert message.startswith(str(path)) and UNREADABLE[kind] in message and "expected" in message
 
 
+@pytest.mark.slow
 def test_eval_py_reports_an_unreadable_checkpoint_without_traceback(tmp_path):
     """The command of issue 11, as a user runs it (a subprocess: Hydra finds its configs from the script)."""
     import subprocess

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 import hip.model.hip_equiformer as hip_equiformer
 from hip import HIPEquiformerV2, collate_molecules, split_hessian

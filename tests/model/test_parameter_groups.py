@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 from hip import HIPEquiformerV2, collate_molecules
 from hip.model.hip_equiformer import HESSIAN_MODULES

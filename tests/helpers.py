@@ -1,0 +1,107 @@
+"""Helpers shared by the test modules (plain functions; the fixtures are in conftest.py).
+
+The tiny test model is composed from ``configs/model/tiny.yaml`` exactly as ``train.py model=tiny``
+composes it, so the tests run the model that the config file describes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import lmdb
+import torch
+from ase.build import molecule
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from hip import HIPEquiformerV2
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SCRIPTS = ROOT / "scripts"
+
+#: The real 100-molecule HORM shard, read in place (``../shared/horm`` next to the repository).
+HORM_SAMPLE = Path(os.environ.get("HIP_HORM_SAMPLE", ROOT.parent / "shared" / "horm" / "sample_100.lmdb"))
+
+
+def compose_model(name: str) -> dict:
+    """The ``HIPEquiformerV2`` keyword arguments of ``configs/model/<name>.yaml`` (its ``model`` node after
+    the file's defaults list, resolved), composed by Hydra as ``train.py model=<name>`` does."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(overrides=[f"+model={name}"])
+    return OmegaConf.to_container(cfg.model.model, resolve=True)
+
+
+#: A tiny HIP-EquiformerV2 for tests (configs/model/tiny.yaml).
+TINY_MODEL = compose_model("tiny")
+
+
+def read_horm_entries(indices) -> list:
+    """Raw pickled HORM entries of the sample shard (independent of hip's dataset code)."""
+    env = lmdb.open(str(HORM_SAMPLE), subdir=False, readonly=True, lock=False)
+    with env.begin() as txn:
+        entries = [pickle.loads(txn.get(str(i).encode())) for i in indices]
+    env.close()
+    return entries
+
+
+def our_checkpoint(model, **hyper_parameters) -> dict:
+    """``model`` in our Lightning format: ``model.``-prefixed weights, its kwargs in
+    ``hyper_parameters["model"]`` (plus any ``hyper_parameters`` given)."""
+    return {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"model": model.config, **hyper_parameters}}
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save a tiny model initialised from ``seed`` in our format at ``path`` (what train.py's ModelCheckpoint
+    writes, and a frozen run's backbone); returns ``path``."""
+    torch.manual_seed(seed)
+    torch.save(our_checkpoint(HIPEquiformerV2(**TINY_MODEL)), path)
+    return path
+
+
+def compose_train(tmp_path: Path, overrides: list[str]):
+    """train.py's config for a 4 + 2 molecule run of the tiny model on the HORM sample, writing into
+    ``tmp_path`` (Hydra's runtime config set as ``@hydra.main`` would), with ``overrides`` last."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "model=tiny", "data=horm_sample", "data.train_indices=[0,1,2,3]", "data.val_indices=[80,81]",
+            "data.batch_size=2", "logger=none", "evaluate=false", f"paths.log_dir={tmp_path}", *overrides,
+        ], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+def load_script(name: str, folder: Path = SCRIPTS):
+    """Import ``<folder>/<name>.py`` (default: scripts/) as module ``name``, with the folder on ``sys.path``
+    as when run as ``python scripts/<name>.py``, and registered in ``sys.modules`` (dataclasses look their
+    module up there)."""
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def periodic_water(vacuum: float):
+    """ASE water in a cubic cell with ``vacuum`` Å around it, periodic in x, y and z."""
+    atoms = molecule("H2O", vacuum=vacuum)
+    atoms.pbc = True
+    return atoms
+
+
+def authors_config(model: HIPEquiformerV2) -> dict:
+    """``model.config`` in the HIP authors' names (lmax_list, mmax_list, avg_num_nodes)."""
+    config = dict(model.config)
+    config["lmax_list"], config["mmax_list"] = [config.pop("lmax")], [config.pop("mmax")]
+    config["avg_num_nodes"] = config.pop("energy_normalizer")
+    return {"name": "EquiformerV2", **config}
