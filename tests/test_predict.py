@@ -334,3 +334,46 @@ def test_predict_writes_a_horm_shard_that_the_dataset_reads(tmp_path, tiny_check
         assert float(entry.energy) == pytest.approx(atoms.get_potential_energy(), abs=1e-2)  # float32 at ~2000 eV
         assert float(entry.ae) == pytest.approx(atoms.get_potential_energy() - reference, abs=1e-3)
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_warnings_reach_the_summary_and_the_frames(tmp_path, tiny_checkpoint):
+    from ase import Atoms
+
+    from predict import run
+
+    two_fragments = molecule("H2O") + Atoms("O", positions=[[30.0, 0.0, 0.0]])
+    ase.io.write(tmp_path / "apart.xyz", [molecule("NH3"), two_fragments])
+    out = run(predict_config(tmp_path, tmp_path / "apart.xyz", tiny_checkpoint))
+    written = read_predictions(out)
+    fragments = [w for w in written.summary[1]["warnings"].split("; ") if w.startswith("fragments:")]
+    assert len(fragments) == 1 and "(H2O, O)" in fragments[0]
+    assert "fragments:" in written.frames[1].info["hip_warnings"]
+    assert "fragments:" not in written.summary[0]["warnings"]
+
+
+def test_thermochemistry_is_withheld_away_from_stationary_points():
+    """A frame the calculator flags as not stationary gets no H, S, G, and says why (forces warning)."""
+    from hip.prediction import AnalysisSettings, analyse_frame
+
+    atoms = molecule("H2O")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(9, 9))
+    result = {"energy": -2000.0, "forces": np.zeros((3, 3)), "hessian": a @ a.T + 50 * np.eye(9)}
+    clean = analyse_frame(0, atoms, result, AnalysisSettings())
+    assert clean.n_imaginary == 0 and set(clean.thermo) == {"enthalpy_eV", "entropy_eV_per_K", "gibbs_energy_eV"}
+    flagged = analyse_frame(0, atoms, result | {"warnings": ["forces: max |F| = 2 eV/A"]}, AnalysisSettings())
+    assert flagged.thermo == {} and flagged.notes == ["H, S, G not given: not a stationary point"]
+    assert flagged.zpe == clean.zpe and flagged.warnings == ["forces: max |F| = 2 eV/A"]
+
+
+def test_float64_predictions_agree_with_float32(tmp_path, tiny_checkpoint):
+    from predict import run
+
+    ase.io.write(tmp_path / "water.xyz", molecule("H2O"))
+    single = read_predictions(run(predict_config(tmp_path, tmp_path / "water.xyz", tiny_checkpoint, out="f32")))
+    double = read_predictions(run(predict_config(tmp_path, tmp_path / "water.xyz", tiny_checkpoint, "dtype=float64",
+                                                 out="f64")))
+    assert double.hessians[0].dtype == np.float64
+    scale = np.abs(single.hessians[0]).max()
+    np.testing.assert_allclose(double.hessians[0], single.hessians[0], atol=1e-5 * scale)
+    np.testing.assert_allclose(double.frames[0].get_forces(), single.frames[0].get_forces(), atol=1e-5)
