@@ -8,13 +8,14 @@ distinct stoichiometries, and whether the Hessian readout was trained. :func:`hi
 puts it on the model as ``model.training_domain``; checkpoints without a record (the HIP authors',
 HORM's, plain state dicts, ours written before the record existed) give an *unknown* domain.
 
-:func:`domain_warnings` lists, for one frame (atomic numbers, positions, and the predicted forces and
-Hessian), each reason not to trust the prediction: elements or size outside the recorded domain,
-several covalently disconnected fragments, forces too large for a stationary point, and a Hessian
-far from translation-invariant (the sum rule Σ_j H_ij = 0 that every exact Hessian obeys, since a
-rigid translation changes no energy). :class:`hip.calculator.HIPCalculator` attaches them to every
-result. The thresholds below are module constants; their values were measured on the project's data
-(``ckpt/README.md``, "Applicability domain").
+:func:`domain_warnings` lists, for one frame (atomic numbers, positions, and the predicted forces
+and Hessian), each reason not to trust the prediction: elements or size outside the recorded domain,
+a stoichiometry the training set does not hold, several covalently disconnected fragments, forces
+too large for a stationary point, and a Hessian far from translation-invariant (the sum rule Σ_j
+H_ij = 0 that every exact Hessian obeys, since a rigid translation changes no energy).
+:class:`hip.calculator.HIPCalculator` attaches them to every result. The thresholds below are module
+constants; their values were measured on the project's data (``ckpt/README.md``, "Applicability
+domain").
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TrainingDomain:
             (paths relative to the repository when inside it or its parent folder).
         num_geometries: training geometries (entries).
         num_formulas: distinct stoichiometries among them (a proxy for the number of molecules).
+        formulas: those stoichiometries as Hill formulas, sorted (None in records made before them).
         hessian_readout_trained: whether any Hessian loss trained the readout (False: a backbone,
             whose readout is random; None: unknown, assumed trained when the weights are there).
         source: where this record comes from: ``"recorded"``, or why it is unknown.
@@ -75,6 +77,7 @@ class TrainingDomain:
     datasets: tuple[str, ...] | None = None
     num_geometries: int | None = None
     num_formulas: int | None = None
+    formulas: tuple[str, ...] | None = None
     hessian_readout_trained: bool | None = None
     source: str = "unknown"
 
@@ -86,7 +89,7 @@ class TrainingDomain:
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, ints and strings (what :func:`hip.safe_loading.safe_torch_load` reads back)."""
         record = asdict(self)
-        for key in ("elements", "natoms", "datasets"):
+        for key in ("elements", "natoms", "datasets", "formulas"):
             if record[key] is not None:
                 record[key] = list(record[key])
         return record
@@ -111,8 +114,9 @@ class TrainingDomain:
                     fields[key] = tuple(int(v) for v in fields[key])
             if fields.get("natoms") is not None and len(fields["natoms"]) != 2:
                 raise ValueError("natoms must be (min, max)")
-            if fields.get("datasets") is not None:
-                fields["datasets"] = tuple(str(v) for v in fields["datasets"])
+            for key in ("datasets", "formulas"):
+                if fields.get(key) is not None:
+                    fields[key] = tuple(str(v) for v in fields[key])
             for key in ("num_geometries", "num_formulas"):
                 if fields.get(key) is not None:
                     fields[key] = int(fields[key])
@@ -173,7 +177,7 @@ def domain_of_dataset(dataset, hessian_readout_trained: bool) -> TrainingDomain:
         shard, key, _ = dataset.locate(i)
         by_shard.setdefault(shard, []).append(int(key))
     elements: set[int] = set()
-    sizes, formulas, datasets = [], set(), []
+    sizes, formulas, datasets = [], set(), []  # formulas: element counts, as bytes
     for shard, keys in by_shard.items():
         with open_shard(shard).begin() as txn:
             for key in keys:
@@ -186,8 +190,9 @@ def domain_of_dataset(dataset, hessian_readout_trained: bool) -> TrainingDomain:
         datasets.append(f"{_shown_path(shard)} [{_ranges(keys)}]")
     if not sizes:
         return TrainingDomain(hessian_readout_trained=hessian_readout_trained, source="empty training split")
+    hill = tuple(sorted(_formula(np.repeat(np.arange(10), np.frombuffer(c, dtype=np.int64))) for c in formulas))
     return TrainingDomain(tuple(sorted(elements)), (min(sizes), max(sizes)), tuple(datasets), len(sizes),
-                          len(formulas), bool(hessian_readout_trained), "recorded")
+                          len(formulas), hill, bool(hessian_readout_trained), "recorded")
 
 
 def checkpoint_domain(checkpoint: Mapping[str, Any], has_readout: bool, kind: str, where: str) -> TrainingDomain:
@@ -275,7 +280,8 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
     """The warnings that apply to one predicted frame, in a fixed order (empty: none applies).
 
     Codes: ``domain_unknown`` (no record: element and size checks skipped), ``elements`` (outside
-    the training elements), ``natoms`` (outside the training atom-count range), ``fragments`` (more
+    the training elements), ``natoms`` (outside the training atom-count range), ``formula`` (a
+    stoichiometry absent from the training set, when the record lists them), ``fragments`` (more
     than one covalently connected fragment, :func:`fragments`), ``forces`` (max |F_i| above
     :data:`FORCE_THRESHOLD`), ``sum_rule`` (:func:`sum_rule_residual` above :data:`SUM_RULE_THRESHOLD`).
 
@@ -305,6 +311,10 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
         low, high = domain.natoms
         if not low <= len(numbers) <= high:
             found.append(DomainWarning("natoms", f"{len(numbers)} atoms, outside the training range {low}-{high}"))
+        if domain.formulas is not None and (formula := _formula(numbers)) not in domain.formulas:
+            found.append(DomainWarning("formula", f"{formula} is not among the {len(domain.formulas)} "
+                                       "stoichiometries of the training set: the model extrapolates to a "
+                                       "molecule it has not seen"))
     parts = fragments(numbers, positions)
     if len(parts) > 1:
         names = ", ".join(_formula(numbers[p]) for p in parts)

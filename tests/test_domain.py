@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"hip_small": ROOT / "ckpt" / "hip_small.ckpt", "backbone_ef_small": ROOT / "ckpt" / "backbone_ef_small.ckpt"}
 EMBEDDED_TRAIN = ROOT / "data" / "embedded" / "train.lmdb"
 #: A small domain for the built cases: H, C, O, 3–9 atoms.
-DOMAIN = TrainingDomain((1, 6, 8), (3, 9), ("x.lmdb [0-9]",), 10, 3, True, "recorded")
+DOMAIN = TrainingDomain((1, 6, 8), (3, 9), ("x.lmdb [0-9]",), 10, 3, None, True, "recorded")
 
 
 def embedded_entries() -> list:
@@ -75,6 +75,8 @@ def test_shipped_checkpoints_report_their_recorded_domain(name, horm_sample_path
     assert domain.natoms == (min(map(len, numbers)), max(map(len, numbers)))
     assert domain.num_geometries == len(entries) == 170
     assert domain.num_formulas == len({tuple(np.bincount(zs, minlength=10)) for zs in numbers})
+    hill = {Atoms(numbers=zs).get_chemical_formula(mode="hill") for zs in numbers}
+    assert domain.formulas == tuple(sorted(hill)) and len(hill) == domain.num_formulas
     assert domain.datasets == ("data/embedded/train.lmdb [0-89]", "../shared/horm/sample_100.lmdb [0-79]")
     assert model.hessian_readout_trained is (name == "hip_small") is domain.hessian_readout_trained
 
@@ -198,6 +200,18 @@ def test_sum_rule_residual_and_its_warning():
 @pytest.fixture(scope="module")
 def shipped():
     return HIPCalculator(SHIPPED["hip_small"])
+
+
+def test_a_stoichiometry_outside_the_training_set_is_named():
+    domain = TrainingDomain((1, 6, 8), (3, 20), ("x.lmdb [0-9]",), 10, 2, ("CH4", "H2O"), True, "recorded")
+    butane = molecule("trans-butane")
+    found = domain_warnings(butane.numbers, butane.positions, None, None, domain)
+    assert codes(found) == ["formula"]
+    assert found[0].message.startswith("C4H10 is not among the 2 stoichiometries of the training set")
+    water = molecule("H2O")
+    assert domain_warnings(water.numbers, water.positions, None, None, domain) == []
+    unrecorded = domain_warnings(butane.numbers, butane.positions, None, None, DOMAIN)  # DOMAIN lists no formulas
+    assert "formula" not in codes(unrecorded)
 
 
 def test_no_warning_on_a_training_molecule(shipped):
