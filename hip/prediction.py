@@ -179,8 +179,11 @@ class AnalysisSettings:
     pressure: float = 101325.0
 
 
-#: Warning codes of :mod:`hip.domain` after which thermochemistry is not meaningful.
-NOT_STATIONARY_CODES = ("forces",)
+#: Warning codes of :mod:`hip.domain` that withhold thermochemistry, and why: its numbers would look
+#: valid and are not (``domain_unknown`` alone does not: it says nothing about the molecule).
+WITHHELD_BECAUSE = {"forces": "not a stationary point", "fragments": "several molecules",
+                    "elements": "outside the training domain", "natoms": "outside the training domain",
+                    "formula": "outside the training domain", "sum_rule": "Hessian not translation-invariant"}
 
 
 def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings: AnalysisSettings) -> FramePrediction:
@@ -194,8 +197,8 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
         settings: see :class:`AnalysisSettings`.
 
     Thermochemistry (H, S, G; :func:`hip.vibrations.thermochemistry`) is left empty, with a note saying
-    why, for a frame with imaginary modes or one that is not a stationary point (the calculator's
-    ``forces`` warning): its numbers would look valid and are not.
+    why, for a frame with imaginary modes or one of the calculator's warnings in :data:`WITHHELD_BECAUSE`
+    (not a stationary point, outside the training domain, ...): its numbers would look valid and are not.
     """
     from hip.vibrations import count_imaginary, extremum_type, thermochemistry, vibrational_analysis
 
@@ -207,8 +210,10 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
     notes = []
     if n_imaginary:
         notes.append(f"H, S, G not given: {n_imaginary} imaginary mode(s)")
-    if any(w.split(":", 1)[0] in NOT_STATIONARY_CODES for w in warnings_):
-        notes.append("H, S, G not given: not a stationary point")
+    codes = [w.split(":", 1)[0] for w in warnings_]
+    for reason in dict.fromkeys(WITHHELD_BECAUSE[c] for c in codes if c in WITHHELD_BECAUSE):
+        which = ", ".join(c for c in codes if WITHHELD_BECAUSE.get(c) == reason)
+        notes.append(f"H, S, G not given: {reason} ({which})")
     thermo: dict[str, float] = {}
     with warnings.catch_warnings():  # imaginary modes are reported in n_imaginary and the notes
         warnings.simplefilter("ignore", UserWarning)

@@ -362,7 +362,12 @@ def test_thermochemistry_is_withheld_away_from_stationary_points():
     clean = analyse_frame(0, atoms, result, AnalysisSettings())
     assert clean.n_imaginary == 0 and set(clean.thermo) == {"enthalpy_eV", "entropy_eV_per_K", "gibbs_energy_eV"}
     flagged = analyse_frame(0, atoms, result | {"warnings": ["forces: max |F| = 2 eV/A"]}, AnalysisSettings())
-    assert flagged.thermo == {} and flagged.notes == ["H, S, G not given: not a stationary point"]
+    assert flagged.thermo == {} and flagged.notes == ["H, S, G not given: not a stationary point (forces)"]
+    unknown = analyse_frame(0, atoms, result | {"warnings": ["domain_unknown: no record"]}, AnalysisSettings())
+    assert unknown.thermo == clean.thermo and unknown.notes == []
+    outside = analyse_frame(0, atoms, result | {"warnings": ["natoms: x", "formula: y"]}, AnalysisSettings())
+    assert outside.thermo == {}
+    assert outside.notes == ["H, S, G not given: outside the training domain (natoms, formula)"]
     assert flagged.zpe == clean.zpe and flagged.warnings == ["forces: max |F| = 2 eV/A"]
 
 
