@@ -39,6 +39,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from hip.constants import ATOM_REFERENCE_ENERGY_EV
+from hip.device import resolve_device
 
 #: The shipped checkpoint (``ckpt/README.md``): the default model of the calculator and ``predict.py``.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "ckpt" / "hip_small.ckpt"
@@ -134,7 +135,8 @@ class HIPCalculator(Calculator):
     Raises:
         FileNotFoundError: the checkpoint path does not exist (the message names it).
         CheckpointError: the checkpoint cannot be read (see :mod:`hip.model.checkpoints`).
-        ValueError: an unknown ``hessian_method`` or ``energy``; an element without a reference
+        ValueError: an unknown ``hessian_method``, ``energy`` or ``device`` (or CUDA asked for where there is
+            none, :func:`hip.device.resolve_device`); an element without a reference
             energy with ``energy="total"``.
     """
 
@@ -152,8 +154,6 @@ class HIPCalculator(Calculator):
         seed: int = 0,
         **kwargs,
     ):
-        from hip.evaluation import resolve_device
-
         if isinstance(model, str | Path):
             path = Path(model)
             if not path.is_file():

@@ -45,7 +45,7 @@ def compose_train(tmp_path: Path, overrides: list[str]):
 def test_fast_dev_run(tmp_path, horm_sample_path, experiment):
     from train import train
 
-    overrides = [f"experiment={experiment}", "model=tiny", "+trainer.fast_dev_run=2"]
+    overrides = [f"experiment={experiment}", "model=tiny", "trainer.fast_dev_run=2"]
     if experiment == "hip_frozen":
         overrides.append(f"model.backbone_ckpt={save_tiny_backbone(tmp_path / 'backbone.ckpt')}")
     if experiment == "embedded_demo":
@@ -97,7 +97,7 @@ def test_two_point_multirun_over_loss_presets(tmp_path, horm_sample_path):
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, str(root / "train.py"), "-m", "experiment=embedded_demo", "model=tiny", "data=horm_sample",
-         "data.train_indices=[0,1]", "data.val_indices=[80]", "data.batch_size=2", "+trainer.fast_dev_run=1",
+         "data.train_indices=[0,1]", "data.val_indices=[80]", "data.batch_size=2", "trainer.fast_dev_run=1",
          "evaluate=false", "logger=none", "loss=mae,mse", f"hydra.sweep.dir={tmp_path}"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
