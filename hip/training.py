@@ -61,7 +61,8 @@ def module_defaults(config_dir: str | os.PathLike = CONFIG_DIR) -> dict[str, Any
         if not path.is_file():
             raise FileNotFoundError(f"{path} (the default of HIPModule's {name}) does not exist: pass {name}=...")
         node = OmegaConf.load(path)
-        defaults[name] = OmegaConf.to_container(node if key is None else node[key], resolve=False)
+        node = node if key is None else node[key]
+        defaults[name] = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
     return defaults
 
 

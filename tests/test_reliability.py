@@ -222,7 +222,8 @@ def _fit_recording(out: Path, callbacks: list, ckpt_path: str | None = None) -> 
 
     seen = []
     # str paths: Lightning resumes with torch.load(weights_only=True), which refuses Path objects
-    data = HormDataModule(str(HORM_SAMPLE), batch_size=2, train_indices=12, num_workers=2, seed=3)
+    data = HormDataModule(str(HORM_SAMPLE), batch_size=2, train_indices=12, num_workers=2, seed=3, cutoff=12.0,
+                          max_neighbors=32, cutoff_hessian=12.0)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=out, plugins=[AtomicCheckpointIO()],
                         callbacks=[ModelCheckpoint(str(out), save_last=True, save_top_k=0, every_n_train_steps=1),
