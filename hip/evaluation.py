@@ -17,8 +17,9 @@ graph and scatter indices at the model's settings, on the CPU as hip's data pipe
 the batch and copying it to the device: the authors' timed forward, which builds its graphs inside.
 Each prediction is compared with the DFT Hessian (:func:`hip.metrics.molecule_metrics`).
 
-The settings come from ``configs/eval.yaml`` (the ``eval`` block, also used by ``train.py``'s
-post-training evaluation) through :func:`eval_settings`, their one home.
+The settings' one home is ``configs/eval/default.yaml`` (the ``eval`` block of ``eval.py`` and of
+``train.py``'s post-training evaluation), checked by :func:`eval_settings`; they have no defaults here.
+The plots and their subsample of Hessian entries are :mod:`hip.plots`.
 
 Energy and forces come from the one forward pass of the model and are scored in the HIP rows only
 (the AD Hessian differentiates those same forces, so AD has no energy/force prediction of its own).
@@ -80,13 +81,13 @@ ID_COLUMNS = ("dataset_idx", "natoms", "method", "time_ms", "graph_ms", "time_in
 CSV_METRICS = (*METRIC_COLUMNS, "n_neg_pred", "n_neg_true", "same_extremum_type")
 #: Stage passed to ``datamodule.setup`` for each split.
 SPLIT_STAGES = {"train": "fit", "val": "validate", "test": "test"}
-#: The keys of the ``eval`` block of ``configs/eval.yaml``: :func:`evaluate_checkpoint`'s settings.
+#: The keys of the ``eval`` block (``configs/eval/default.yaml``): :func:`evaluate_checkpoint`'s settings.
 SETTINGS = ("split", "autodiff", "autodiff_chunk_size", "max_molecules", "plots", "device", "subset_seed",
             "negative_eigenvalue_threshold", "warmup_molecules")
 
 
 def eval_settings(config: Mapping[str, Any], option: str = "eval") -> dict[str, Any]:
-    """The ``eval`` config block (``configs/eval.yaml``) checked, as :func:`evaluate_checkpoint` kwargs.
+    """The ``eval`` config block (``configs/eval/default.yaml``) checked, as :func:`evaluate_checkpoint` kwargs.
 
     Args:
         config: a mapping with exactly the keys of :data:`SETTINGS`.
@@ -144,7 +145,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint's Hessians (HIP and, optionally, AD) on one split; write and print results.
 
     The settings from ``split`` to ``warmup_molecules`` have no defaults here: their one home is
-    ``configs/eval.yaml`` (pass ``**eval_settings(cfg.eval)``).
+    ``configs/eval/default.yaml`` (pass ``**eval_settings(cfg.eval)``).
 
     Args:
         ckpt_path: checkpoint in any format of :mod:`hip.model.checkpoints`; loaded unless ``model``

@@ -26,7 +26,7 @@ def write_tiny_checkpoint(path, seed: int = 0):
     torch.manual_seed(seed)
     model = HIPEquiformerV2(**TINY_MODEL).eval()
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": dict(TINY_MODEL)}}, path)
+                "hyper_parameters": {"model": model.config}}, path)
     return path
 
 

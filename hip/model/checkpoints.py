@@ -20,7 +20,8 @@ Graph settings. A loaded model always has its checkpoint's cutoffs and neighbour
 (:data:`GRAPH_KEYS`), never hip's defaults: from the stored config; a cutoff the config omits from the
 radial basis stored with the weights (600 Gaussians on [0, cutoff], :data:`RADIAL_BUFFERS`); in the
 authors' formats (b–d) a key still missing takes their constructor's default
-(:data:`AUTHORS_GRAPH_DEFAULTS`), as their model did; in ours it is an error. A cutoff that disagrees
+(:data:`AUTHORS_GRAPH_DEFAULTS`), as their model did; in ours it is an error, except the Hessian
+cutoff of a checkpoint without a Hessian readout (an exported backbone), whose readout is fresh. A cutoff that disagrees
 with the stored radial basis (a config, override or model that does not fit the weights) is an error.
 """
 
@@ -219,6 +220,9 @@ def graph_settings(config: Mapping[str, Any], state_dict: Mapping[str, torch.Ten
         where: the checkpoint and field, for messages.
         defaults: values for keys still missing (the authors' constructor's); None: none.
 
+    Returns:
+        The config; ``cutoff_hessian`` may stay missing when ``state_dict`` holds no Hessian readout.
+
     Raises:
         CheckpointError: a graph setting neither stored, implied by the weights nor defaulted.
     """
@@ -228,7 +232,10 @@ def graph_settings(config: Mapping[str, Any], state_dict: Mapping[str, torch.Ten
             config[key] = round(float(state_dict[buffer][-1]), 4)
     for key, value in (defaults or {}).items():
         config.setdefault(key, value)
-    missing = [key for key in GRAPH_KEYS if key not in config]
+    # without a Hessian readout (HORM's eqv2.ckpt, an exported backbone) the readout is fresh: its cutoff
+    # is the caller's (load_backbone's readout), not the checkpoint's
+    has_readout = any(is_hessian_key(k) for k in state_dict)
+    missing = [key for key in GRAPH_KEYS if key not in config and (has_readout or key != "cutoff_hessian")]
     if missing:
         raise CheckpointError(f"{where}: the model config does not give {', '.join(missing)}; a checkpoint must bring "
                               f"its own graph settings ({', '.join(GRAPH_KEYS)}), which its model was trained with")
