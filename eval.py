@@ -11,6 +11,8 @@ Writes metrics.json, per_molecule.csv, tables.txt and plots to the run directory
 
 from __future__ import annotations
 
+from typing import Any
+
 import hydra
 import torch
 from omegaconf import DictConfig
@@ -20,40 +22,49 @@ from hip.training import instantiate_datamodule, register_resolvers
 register_resolvers()
 
 
-def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """Load the checkpoint, build the datamodule at its graph settings, evaluate (see ``main``).
+def prepare(cfg: DictConfig) -> tuple[dict[str, Any], Any, Any]:
+    """The checked ``eval`` settings, the loaded checkpoint and the datamodule at its graph settings.
 
     Raises:
+        ValueError: a bad ``eval.*`` or ``data.*`` option (one line naming it, e.g. ``eval.device=gpu``).
         FileNotFoundError: ``cfg.ckpt_path`` does not exist.
         CheckpointError: it cannot be read, is refused (``trusted_checkpoint=true`` loads a trusted
             file anyway, unsafely), or does not fit the model.
     """
-    from hip.evaluation import evaluate_checkpoint, resolve_device
+    from hip.evaluation import eval_settings
     from hip.model.checkpoints import load_checkpoint
 
+    settings = eval_settings(cfg.eval)
     torch.manual_seed(cfg.seed)  # the model's random edge-frame roll
-    device = resolve_device(cfg.eval.device)
-    model = load_checkpoint(cfg.ckpt_path, map_location=device, trusted=cfg.trusted_checkpoint)
-    datamodule = instantiate_datamodule(cfg.data, model)
-    return evaluate_checkpoint(
-        cfg.ckpt_path, datamodule, cfg.paths.output_dir, split=cfg.eval.split, autodiff=cfg.eval.autodiff,
-        autodiff_chunk_size=cfg.eval.autodiff_chunk_size, max_molecules=cfg.eval.max_molecules,
-        plots=cfg.eval.plots, device=device, model=model, subset_seed=cfg.eval.subset_seed,
-        negative_eigenvalue_threshold=cfg.eval.negative_eigenvalue_threshold,
-        warmup_molecules=cfg.eval.warmup_molecules)
+    model = load_checkpoint(cfg.ckpt_path, map_location=settings["device"], trusted=cfg.trusted_checkpoint)
+    return settings, model, instantiate_datamodule(cfg.data, model)
+
+
+def evaluate(cfg: DictConfig, settings: dict[str, Any], model, datamodule) -> dict[str, dict[str, float]]:
+    """Evaluate what :func:`prepare` returned; write the files to ``paths.output_dir``."""
+    from hip.evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg.ckpt_path, datamodule, cfg.paths.output_dir, model=model, **settings)
+
+
+def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """:func:`prepare` then :func:`evaluate` (see ``main``); raises what they raise."""
+    return evaluate(cfg, *prepare(cfg))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python eval.py ckpt_path=<checkpoint> [data=...] [eval.key=value ...]``.
 
-    A checkpoint that is missing, unreadable or refused ends the run with its message (exit status 1),
-    not a traceback."""
+    A bad option, or a checkpoint that is missing, unreadable or refused, ends the run with its
+    one-line message (exit status 1), not a traceback."""
     from hip.cli import user_errors
     from hip.model.checkpoints import CheckpointError
 
+    with user_errors("eval.py", (CheckpointError, FileNotFoundError, ValueError)):
+        prepared = prepare(cfg)
     with user_errors("eval.py", (CheckpointError, FileNotFoundError)):
-        run(cfg)
+        evaluate(cfg, *prepared)
 
 
 if __name__ == "__main__":

@@ -16,43 +16,44 @@ steps when set, and at every epoch end); without that file the run starts fresh,
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from hip.training import instantiate_datamodule, instantiate_list, register_resolvers
+from hip.training import instantiate_datamodule, instantiate_list, register_resolvers, unwrapped
 
 register_resolvers()
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def _unwrapped(what: str):
-    """Re-raise what a constructor raised (a CheckpointError listing keys, a FileNotFoundError …)
-    instead of Hydra's InstantiationException, which shows it as a one-line repr."""
-    try:
-        yield
-    except InstantiationException as e:
-        if e.__cause__ is None:
-            raise
-        e.__cause__.add_note(f"(raised while instantiating {what} with Hydra)")
-        raise e.__cause__ from None
+def setup(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, dict[str, Any] | None]:
+    """The model, data module and trainer of ``cfg``, and the checked post-training ``eval`` settings
+    (None when ``evaluate=false``).
 
+    Raises:
+        ValueError: a bad ``data.*`` or ``eval.*`` option; FileNotFoundError, CheckpointError: a
+            backbone checkpoint that is missing, unreadable or refused.
+    """
+    from hip.evaluation import eval_settings
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured model; returns the final callback metrics (and evaluation, if asked)."""
+    settings = eval_settings(cfg.eval) if cfg.evaluate else None
     L.seed_everything(cfg.seed, workers=True)
-    with _unwrapped("the model (config group model)"):
-        module = hydra.utils.instantiate(cfg.model, _convert_="all")
-    with _unwrapped("the data module (config group data)"):
-        datamodule = instantiate_datamodule(cfg.data, module.model)
-    with _unwrapped("the trainer (config groups trainer, callbacks, logger)"):
+    with unwrapped("the model (config group model)"):
+        # not recursive: the optimiser and scheduler specs are built in configure_optimizers
+        module = hydra.utils.instantiate(cfg.model, _convert_="all", _recursive_=False)
+    datamodule = instantiate_datamodule(cfg.data, module.model)
+    with unwrapped("the trainer (config groups trainer, callbacks, logger)"):
         trainer: L.Trainer = hydra.utils.instantiate(
             cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")), logger=instantiate_list(cfg.get("logger")))
+    return module, datamodule, trainer, settings
+
+
+def fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer, settings: dict[str, Any] | None) -> dict[str, float]:
+    """Fit; then, with ``settings``, evaluate the best checkpoint (the trained model itself when no
+    checkpoint was written, as in ``trainer.fast_dev_run``). Returns the final callback metrics."""
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -63,25 +64,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
             ckpt_path = None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    # the best checkpoint by the monitored metric, else the last one
+    if settings is not None and trainer.is_global_zero:  # once, not on every DDP process
+        evaluate_after_training(cfg, module, datamodule, trainer, settings)
+    return metrics
+
+
+def evaluate_after_training(cfg: DictConfig, module, datamodule, trainer: L.Trainer, settings: dict[str, Any]) -> None:
+    """Evaluate the best checkpoint by the monitored metric, else the last one, into ``<run dir>/eval``.
+
+    Without a checkpoint (``trainer.fast_dev_run`` writes none, nor does a run with checkpointing
+    off) the trained model in memory is evaluated, under fast_dev_run on as many molecules as it ran
+    batches, and a warning says so."""
+    from hip.evaluation import evaluate_checkpoint
+
     callbacks = sorted(trainer.checkpoint_callbacks, key=lambda c: c.monitor is None)
     best = next((p for c in callbacks for p in (c.best_model_path, c.last_model_path) if p), None)
-    if cfg.evaluate and best and trainer.is_global_zero:  # once, not on every DDP process
-        from hip.evaluation import evaluate_checkpoint
+    output_dir = Path(cfg.paths.output_dir) / "eval"
+    if best:
+        evaluate_checkpoint(best, datamodule, output_dir, **settings)
+        return
+    if trainer.fast_dev_run:
+        molecules = int(trainer.fast_dev_run)  # True: 1
+        settings = settings | {"max_molecules": min(molecules, settings["max_molecules"] or molecules)}
+    log.warning("no checkpoint was written (fast_dev_run or checkpointing off): evaluating the trained model "
+                "in memory on %s molecules", settings["max_molecules"] or "all")
+    evaluate_checkpoint(None, datamodule, output_dir, model=module.model, **settings)
 
-        evaluate_checkpoint(best, datamodule, Path(cfg.paths.output_dir) / "eval")
-    return metrics
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured model; returns the final callback metrics (and evaluates, if asked)."""
+    return fit(cfg, *setup(cfg))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point. A missing, unreadable or refused checkpoint (backbone or ``ckpt_path``) ends
-    the run with its message (exit status 1), not a traceback."""
+    """Hydra entry point. A bad option or a missing, unreadable or refused checkpoint (backbone or
+    ``ckpt_path``) ends the run with its one-line message (exit status 1), not a traceback."""
     from hip.cli import user_errors
     from hip.model.checkpoints import CheckpointError
 
+    with user_errors("train.py", (CheckpointError, FileNotFoundError, ValueError)):
+        prepared = setup(cfg)
     with user_errors("train.py", (CheckpointError, FileNotFoundError)):
-        return train(cfg).get(cfg.optimized_metric)
+        return fit(cfg, *prepared).get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

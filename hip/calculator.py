@@ -51,6 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from hip.constants import ATOM_REFERENCE_ENERGY_EV
+from hip.device import resolve_device
 from hip.domain import TrainingDomain, domain_warnings
 
 #: The shipped checkpoint (``ckpt/README.md``): the default model of the calculator and ``predict.py``.
@@ -156,9 +157,10 @@ class HIPCalculator(Calculator):
     Raises:
         FileNotFoundError: the checkpoint path does not exist (the message names it).
         CheckpointError: the checkpoint cannot be read (see :mod:`hip.model.checkpoints`).
-        ValueError: an unknown ``hessian_method``, ``energy`` or ``dtype``; an element without a
-            reference energy with ``energy="total"``; ``hessian_method="hip"`` with a checkpoint whose
-            Hessian readout was never trained.
+        ValueError: an unknown ``hessian_method``, ``energy``, ``dtype`` or ``device`` (or CUDA asked for
+            where there is none, :func:`hip.device.resolve_device`); an element without a reference
+            energy with ``energy="total"``; ``hessian_method="hip"`` with a checkpoint whose Hessian
+            readout was never trained.
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "forces", "hessian"]
@@ -176,8 +178,6 @@ class HIPCalculator(Calculator):
         dtype: str = "float32",
         **kwargs,
     ):
-        from hip.evaluation import resolve_device
-
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.dtype = DTYPES[dtype]

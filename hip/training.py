@@ -1,9 +1,9 @@
 """The LightningModule: HIP training with a frozen backbone (``hip_frozen``) or end to end (``hip_e2e``).
 
-Losses are paper §3.3 (eq. 8, 9) with weights from config; the optimiser and schedule are paper
-Table 4 (AdamW lr 5e-4, betas (0.9, 0.999), AMSGrad, no weight decay; StepLR every 10 HORM
-"epochs" of 1600 batches, γ = 0.85: see :meth:`HIPModule.configure_optimizers`). Gradient clipping
-(0.1, norm) is the trainer's job (``configs/trainer``).
+Losses are paper §3.3 (eq. 8, 9) with weights from config; the optimiser and schedule (paper Table 4:
+AdamW, StepLR) are Hydra specs instantiated from ``configs/model`` (``_partial_: true``): their values,
+and every other default of :class:`HIPModule`, live only in ``configs/`` (:func:`module_defaults`).
+Gradient clipping is the trainer's job (``configs/trainer``).
 
 Resuming. A checkpoint holds what Lightning saves (weights, optimiser, LR schedule, loop
 counters, callback states, the training loader's position: see :mod:`hip.data.datamodule`) plus
@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +36,40 @@ from hip.model.checkpoints import HESSIAN_CONFIG_KEYS, load_backbone, load_backb
 from hip.model.hip_equiformer import HIPEquiformerV2
 
 logger = logging.getLogger(__name__)
+
+#: The configuration directory of the repository: the one home of the training defaults.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: Where :class:`HIPModule`'s defaults come from: (file under ``configs/``, key), ``None``: the whole file.
+DEFAULT_SOURCES = {"optimizer": ("model/hip_equiformer_v2.yaml", "optimizer"),
+                   "scheduler": ("model/hip_equiformer_v2.yaml", "scheduler"),
+                   "eigen_k": ("model/hip_equiformer_v2.yaml", "eigen_k"),
+                   "hessian_memory_budget_gb": ("model/hip_equiformer_v2.yaml", "hessian_memory_budget_gb"),
+                   "loss_weights": ("loss/mae_eigen8.yaml", None)}
+
+
+def module_defaults(config_dir: str | os.PathLike = CONFIG_DIR) -> dict[str, Any]:
+    """:class:`HIPModule`'s defaults, read from the configs (:data:`DEFAULT_SOURCES`): the paper's
+    optimiser and schedule (Table 4), eigen-subspace k, memory budget and loss weights (eq. 9).
+
+    Raises:
+        FileNotFoundError: a config file is missing (hip installed without its ``configs/``: pass the
+            settings to :class:`HIPModule` explicitly).
+    """
+    defaults = {}
+    for name, (file, key) in DEFAULT_SOURCES.items():
+        path = Path(config_dir) / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} (the default of HIPModule's {name}) does not exist: pass {name}=...")
+        node = OmegaConf.load(path)
+        node = node if key is None else node[key]
+        defaults[name] = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return defaults
+
+
+def _spec(given: Mapping[str, Any] | None, default: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hydra spec: ``given`` as is when it names its ``_target_``, else its keys over ``default``'s."""
+    given = dict(given or {})
+    return given if "_target_" in given else {**default, **given}
 
 
 class HIPModule(L.LightningModule):
@@ -46,9 +82,12 @@ class HIPModule(L.LightningModule):
         loss_weights: weights of ``hessian_mae``, ``hessian_mse``, ``eigen_subspace``, ``energy``
             and ``forces`` (see :func:`hip.losses.hip_loss`); energy and forces must be 0 in frozen
             mode, where they cannot train.
-        eigen_k: k of the eigen-subspace loss (paper: 8).
-        optimizer: AdamW kwargs (``lr``, ``betas``, ``amsgrad``, ``weight_decay``).
-        scheduler: StepLR kwargs (``interval``: "step" or "epoch", what ``step_size`` counts; ``gamma``).
+        eigen_k: k of the eigen-subspace loss.
+        optimizer: Hydra spec of the optimiser (``_target_``, ``_partial_: true``, its kwargs; the
+            parameters are passed when it is built); without ``_target_``, kwargs replacing those of
+            ``configs/model/hip_equiformer_v2.yaml`` (e.g. ``{"lr": 1e-3}``).
+        scheduler: the same for the LR scheduler, plus ``interval``: "step" or "epoch", what its
+            ``step_size`` counts (Lightning's scheduler interval).
         backbone_ckpt: checkpoint whose backbone and energy/force heads initialise the model (any
             format of :mod:`hip.model.checkpoints`), or a list of candidates of which the first
             existing file is used; required in frozen mode, where the backbone's architecture (sizes,
@@ -61,6 +100,10 @@ class HIPModule(L.LightningModule):
             (:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.cache_backbone`); None: off.
         hessian_memory_budget_gb: refuse batches whose Hessian tensors (prediction, label,
             gradient, eigen-loss padding) would exceed this many GiB.
+
+    Every setting left None (``loss_weights``, ``eigen_k``, ``optimizer``, ``scheduler``,
+    ``hessian_memory_budget_gb``) takes its value from ``configs/`` (:func:`module_defaults`), the one
+    home of the defaults; the checkpoint's hyper-parameters record the values used.
 
     Without a Hessian loss term (energy and forces only: the paper's "EquiformerV2 (E-F)" backbone)
     the Hessian readout is not run, in training or validation.
@@ -77,19 +120,26 @@ class HIPModule(L.LightningModule):
         model: Mapping[str, Any],
         mode: Literal["frozen", "e2e"] = "frozen",
         loss_weights: Mapping[str, float] | None = None,
-        eigen_k: int = 8,
+        eigen_k: int | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         backbone_ckpt: str | Sequence[str] | None = None,
         backbone_trusted: bool = False,
         backbone_cache_gb: float | None = None,
-        hessian_memory_budget_gb: float = 8.0,
+        hessian_memory_budget_gb: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         if mode not in ("frozen", "e2e"):
             raise ValueError(f"mode must be 'frozen' or 'e2e', got {mode!r}")
-        self.loss_weights = dict(loss_weights or {"hessian_mae": 1.0, "eigen_subspace": 1.0})
+        defaults = module_defaults() if None in (loss_weights, eigen_k, optimizer, scheduler,
+                                                 hessian_memory_budget_gb) else {}
+        for name, value in (("eigen_k", eigen_k), ("hessian_memory_budget_gb", hessian_memory_budget_gb)):
+            self.hparams[name] = defaults[name] if value is None else value
+        self.hparams["optimizer"] = _spec(optimizer, defaults.get("optimizer", {}))
+        self.hparams["scheduler"] = _spec(scheduler, defaults.get("scheduler", {}))
+        self.hparams["loss_weights"] = dict(defaults["loss_weights"] if loss_weights is None else loss_weights)
+        self.loss_weights = dict(self.hparams["loss_weights"])
         if mode == "frozen" and any(self.loss_weights.get(k, 0) for k in ("energy", "forces")):
             raise ValueError("frozen mode cannot train energy or forces: set their loss weights to 0")
         self.predicts_hessian = any(self.loss_weights.get(k, 0) for k in HESSIAN_TERMS)
@@ -216,26 +266,28 @@ class HIPModule(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_epoch=True, on_step=False, sync_dist=True)
 
     def configure_optimizers(self):
-        """AdamW and StepLR of paper Table 4 (values from ``configs/model``; these defaults match them).
+        """The optimiser and LR scheduler of ``model.optimizer`` / ``model.scheduler`` (Hydra specs;
+        paper Table 4's AdamW and StepLR in ``configs/model/hip_equiformer_v2.yaml``).
 
-        After k scheduler steps the learning rate is lr · γ^⌊k / step_size⌋. ``scheduler.interval``
-        says what k counts: ``"step"``, optimiser steps (default; step_size 16,000 = HORM's and the
-        HIP authors' "10 epochs" of 1600 batches each, ``limit_train_batches``: 31 decays in 500k
-        steps), or ``"epoch"``, full passes over the training set (the embedded demo).
+        For StepLR, after k scheduler steps the learning rate is lr · γ^⌊k / step_size⌋;
+        ``scheduler.interval`` says what k counts: ``"step"``, optimiser steps (the paper config:
+        HORM's and the HIP authors' "10 epochs" of 1600 batches each), or ``"epoch"``, full passes
+        over the training set (the embedded demo).
 
         Raises:
-            ValueError: ``scheduler.interval`` is neither "step" nor "epoch".
+            ValueError: a spec without ``_target_``, or ``scheduler.interval`` neither "step" nor "epoch".
         """
-        options = {"lr": 5e-4, "betas": (0.9, 0.999), "amsgrad": True, "weight_decay": 0.0,
-                   **(self.hparams.optimizer or {})}
-        options["betas"] = tuple(options["betas"])
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, **options)
-        schedule = {"interval": "step", "step_size": 16_000, "gamma": 0.85, **(self.hparams.scheduler or {})}
-        interval = schedule.pop("interval")
+        schedule = dict(self.hparams.scheduler)
+        interval = schedule.pop("interval", None)
         if interval not in ("step", "epoch"):
             raise ValueError(f"model.scheduler.interval must be 'step' (optimiser steps) or 'epoch', got {interval!r}")
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **schedule)
+        for name, spec in (("optimizer", self.hparams.optimizer), ("scheduler", schedule)):
+            if "_target_" not in spec:
+                raise ValueError(f"model.{name} needs a _target_ (a Hydra spec, as in configs/model/"
+                                 f"hip_equiformer_v2.yaml), got {dict(spec)}")
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer, _partial_=True, _convert_="all")(parameters)
+        scheduler = hydra.utils.instantiate(schedule, _partial_=True, _convert_="all")(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
 
@@ -344,7 +396,36 @@ def instantiate_list(configs: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (configs or {}).values() if c and "_target_" in c]
 
 
+@contextmanager
+def unwrapped(what: str) -> Iterator[None]:
+    """Re-raise what a constructor called by Hydra raised (a CheckpointError listing keys, a ValueError
+    naming an option …) instead of Hydra's InstantiationException, which shows it as a one-line repr;
+    a note says what was being instantiated."""
+    try:
+        yield
+    except InstantiationException as e:
+        if e.__cause__ is None:
+            raise
+        e.__cause__.add_note(f"(raised while instantiating {what} with Hydra)")
+        raise e.__cause__ from None
+
+
 def instantiate_datamodule(config: DictConfig, model: HIPEquiformerV2):
-    """The datamodule of ``config`` with graphs built at ``model``'s cutoffs and neighbour cap."""
-    return hydra.utils.instantiate(config, cutoff=model.max_radius, max_neighbors=model.max_neighbors,
-                                   cutoff_hessian=model.cutoff_hessian, _convert_="all")
+    """The datamodule of ``config`` with graphs built at ``model``'s cutoffs and neighbour cap.
+
+    The graph settings come from the model object, not from the model config: a frozen backbone, or a
+    checkpoint that ``eval.py`` loads, brings its own (:mod:`hip.model.checkpoints`), so they are the
+    data module's required arguments, never set in ``configs/data``.
+
+    Raises:
+        ValueError: a bad ``data.*`` option (from :class:`~hip.data.HormDataModule`), or graph settings
+            given in the data config.
+    """
+    given = sorted({"cutoff", "max_neighbors", "cutoff_hessian"} & set(config))
+    if given:
+        raise ValueError(f"data.{given[0]} is set in the data config: the graph settings are the model's "
+                         f"(max_radius {model.max_radius} Å, max_neighbors {model.max_neighbors}, cutoff_hessian "
+                         f"{model.cutoff_hessian} Å) and are passed from it; remove data.{', data.'.join(given)}")
+    with unwrapped("the data module (config group data)"):
+        return hydra.utils.instantiate(config, cutoff=model.max_radius, max_neighbors=model.max_neighbors,
+                                       cutoff_hessian=model.cutoff_hessian, _convert_="all")

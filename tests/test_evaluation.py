@@ -13,16 +13,30 @@ import pytest
 import torch
 from helpers import load_script, read_horm_entries, write_tiny_checkpoint
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
 from hip.data import HormDataModule
 from hip.data.horm import close_shards
-from hip.evaluation import CSV_METRICS, ID_COLUMNS, ParitySampler, evaluate_checkpoint, select_molecules
-from hip.metrics import METRIC_COLUMNS, TABLE1_COLUMNS, TABLE3_COLUMNS, TABLE9_COLUMNS, TIME_COLUMN
+from hip.evaluation import CSV_METRICS, ID_COLUMNS, eval_settings, evaluate_checkpoint, select_molecules
+from hip.metrics import (
+    METRIC_COLUMNS,
+    TABLE1_COLUMNS,
+    TABLE3_COLUMNS,
+    TABLE9_COLUMNS,
+    TIME_COLUMN,
+    TIME_WITH_GRAPHS_COLUMN,
+)
 from hip.model.autodiff import autodiff_hessian
+from hip.plots import ParitySampler
 
 ROOT = Path(__file__).resolve().parents[1]
 MAE = METRIC_COLUMNS["hessian_mae"]
+
+
+def settings(**overrides) -> dict:
+    """configs/eval/default.yaml's settings (their one home), checked, with ``overrides``."""
+    return eval_settings(OmegaConf.load(ROOT / "configs" / "eval" / "default.yaml")) | overrides
 
 
 #: Four of the smallest sample molecules (8, 9, 9 and 9 atoms): AD costs 3·max(N) backward rows per batch.
@@ -52,7 +66,7 @@ def evaluated(checkpoint, horm_sample_path, tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         model = load_checkpoint(checkpoint)
         results = evaluate_checkpoint(checkpoint, datamodule(horm_sample_path, model), out,
-                                      autodiff_chunk_size=None, warmup_molecules=0)
+                                      **settings(autodiff_chunk_size=None, warmup_molecules=0))
     close_shards()  # the tests below read the shard directly
     return out, stdout.getvalue(), results
 
@@ -68,7 +82,7 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
     assert list(document["methods"]) == ["HIP", "AD"] == list(results)
     for method, aggregate in document["methods"].items():
         assert set(TABLE1_COLUMNS) | set(TABLE3_COLUMNS) | set(TABLE9_COLUMNS) <= set(aggregate), method
-        assert aggregate["Molecules [count]"] == 4 and aggregate[TIME_COLUMN] > 0
+        assert aggregate["Molecules [count]"] == 4 and aggregate[TIME_WITH_GRAPHS_COLUMN] > aggregate[TIME_COLUMN] > 0
         assert aggregate[MAE] == pytest.approx(results[method][MAE])
     energy = "Energy MAE [eV]"
     assert energy in document["methods"]["HIP"] and energy not in document["methods"]["AD"]
@@ -85,6 +99,11 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
         assert [int(r["dataset_idx"]) for r in mine] == INDICES
         # the aggregate is the mean of the per-molecule values; Table 3's accuracy the share of equal counts
         assert np.mean([float(r["hessian_mae"]) for r in mine]) == pytest.approx(results[method][MAE])
+        # the time incl. graphs is the graph construction timed just before the model call, plus that call
+        for r in mine:
+            assert float(r["time_incl_graphs_ms"]) == pytest.approx(float(r["graph_ms"]) + float(r["time_ms"]))
+        assert np.mean([float(r["time_incl_graphs_ms"]) for r in mine]) == pytest.approx(
+            results[method][TIME_WITH_GRAPHS_COLUMN])
         agree = np.mean([float(r["n_neg_pred"]) == float(r["n_neg_true"]) for r in mine])
         assert results[method]["Extremum accuracy [%]"] == pytest.approx(100 * agree)
     assert all(r["energy_ae"] == "" for r in rows if r["method"] == "AD")
@@ -93,7 +112,7 @@ def test_files_table_and_rows(evaluated, checkpoint, horm_sample_path):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = printed.splitlines()
     header = next(line for line in lines if line.startswith("Method"))
-    assert "Hessian MAE [eV/Å²]" in header and "Time [ms]" in header
+    assert "Hessian MAE [eV/Å²]" in header and "Time [ms]" in header and "Time incl. graphs [ms]" in header
     assert any(line.startswith("HIP ") for line in lines) and any(line.startswith("AD ") for line in lines)
     assert "raw eigenvalue MAE [eV/Å²]" in header and "Eckart λ1 MAE [eV/Å²/amu]" in header
     titles = [line.split(":")[0] for line in lines if line.startswith("Table")]
@@ -134,9 +153,9 @@ def test_max_molecules_hip_only_no_plots(checkpoint, horm_sample_path, tmp_path)
     calls = []
     model.register_forward_hook(lambda module, args, out: calls.append(int(args[0].num_graphs)))
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        results = evaluate_checkpoint(None, datamodule(horm_sample_path, model), tmp_path, autodiff=False,
-                                      max_molecules=3, plots=False, model=model, subset_seed=3,
-                                      warmup_molecules=2)
+        results = evaluate_checkpoint(None, datamodule(horm_sample_path, model), tmp_path, model=model,
+                                      **settings(autodiff=False, max_molecules=3, plots=False, subset_seed=3,
+                                                 warmup_molecules=2))
     close_shards()
     assert calls == [1] * (2 + 3)
     assert list(results) == ["HIP"] and results["HIP"]["Molecules [count]"] == 3
@@ -152,21 +171,21 @@ def test_subset_is_seeded_uniform_and_without_repetition():
     assert first == select_molecules(1000, 100, seed=42)  # the same seed, the same molecules
     assert first != select_molecules(1000, 100, seed=43)
     assert first == sorted(set(first)) and len(first) == 100 and 0 <= first[0] and first[-1] < 1000
-    assert select_molecules(5, None) == select_molecules(5, 9) == [0, 1, 2, 3, 4]
+    assert select_molecules(5, None, seed=0) == select_molecules(5, 9, seed=0) == [0, 1, 2, 3, 4]
     # each of 10 molecules is drawn with probability K/n = 0.3 (binomial s.d. over 2000 draws: 0.010)
     counts = np.bincount(np.concatenate([select_molecules(10, 3, seed=s) for s in range(2000)]), minlength=10)
     np.testing.assert_allclose(counts / 2000, 0.3, atol=0.04)
     with pytest.raises(ValueError, match="max_molecules"):
-        select_molecules(10, 0)
+        select_molecules(10, 0, seed=0)
 
 
 def test_split_without_data_is_an_error(checkpoint, horm_sample_path, tmp_path):
     model = load_checkpoint(checkpoint)
     data = datamodule(horm_sample_path, model)
     with pytest.raises(ValueError, match="no test data"):
-        evaluate_checkpoint(checkpoint, data, tmp_path, split="test", model=model)
+        evaluate_checkpoint(checkpoint, data, tmp_path, model=model, **settings(split="test"))
     with pytest.raises(ValueError, match="split must be one of"):
-        evaluate_checkpoint(checkpoint, data, tmp_path, split="valid", model=model)
+        evaluate_checkpoint(checkpoint, data, tmp_path, model=model, **settings(split="valid"))
     close_shards()
 
 
@@ -200,3 +219,37 @@ def test_eval_py_hydra_config(checkpoint, tmp_path):
     assert [int(r["dataset_idx"]) for r in read_rows(tmp_path)] == [80 + i for i in select_molecules(20, 2, 42)]
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt"):
         script.run(missing)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("device", "gpu", r"eval\.device='gpu' is not a device: use 'cpu', 'cuda'"),
+    ("max_molecules", "abc", r"eval\.max_molecules='abc': expected an integer or null"),
+    ("autodiff", "yes", r"eval\.autodiff='yes': expected true or false"),
+    ("warmup_molecules", -1, r"eval\.warmup_molecules=-1 must be ≥ 0"),
+    ("split", "valid", r"eval\.split='valid': use one of"),
+])
+def test_bad_eval_settings_name_the_option(key, value, message):
+    config = OmegaConf.load(ROOT / "configs" / "eval" / "default.yaml")
+    config[key] = value
+    with pytest.raises(ValueError, match=message):
+        eval_settings(config)
+    with pytest.raises(ValueError, match=r"eval: expected the keys .*'subset_seed'"):
+        eval_settings({k: v for k, v in config.items() if k != "subset_seed"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(ValueError, match=r"eval\.device=cuda: CUDA is not available"):
+        eval_settings(dict(OmegaConf.load(ROOT / "configs" / "eval" / "default.yaml")) | {"device": "cuda"})
+
+
+def test_eval_py_bad_option_is_one_line(tmp_path):
+    """A user's bad option ends eval.py's entry point with one line naming it (SystemExit, status 1)."""
+    main = load_script("eval", ROOT).main.__wrapped__  # the function under @hydra.main
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        for override, message in (("eval.device=gpu", "eval.py: eval.device='gpu' is not a device: use 'cpu'"),
+                                  ("data.batch_size=abc", "eval.py: data.batch_size='abc': expected an integer")):
+            cfg = compose("eval", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={tmp_path}", override])
+            with pytest.raises(SystemExit) as error:
+                main(cfg)
+            assert str(error.value).startswith(message) and "\n" not in str(error.value)

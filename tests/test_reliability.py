@@ -215,7 +215,8 @@ def _fit_recording(out: Path, callbacks: list, ckpt_path: str | None = None) -> 
 
     seen = []
     # str paths: Lightning resumes with torch.load(weights_only=True), which refuses Path objects
-    data = HormDataModule(str(HORM_SAMPLE), batch_size=2, train_indices=12, num_workers=2, seed=3)
+    data = HormDataModule(str(HORM_SAMPLE), batch_size=2, train_indices=12, num_workers=2, seed=3, cutoff=12.0,
+                          max_neighbors=32, cutoff_hessian=12.0)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=out, plugins=[AtomicCheckpointIO()],
                         callbacks=[ModelCheckpoint(str(out), save_last=True, save_top_k=0, every_n_train_steps=1),
@@ -348,7 +349,7 @@ def write_shard_with_corrupt_entry(path: Path, n: int = 6, corrupt: int = 2) -> 
 def shard_overrides(shard: Path) -> list[str]:
     return ["experiment=hip_e2e", "model=tiny", f"data.train={shard}", f"data.val={shard}",
             "data.train_indices=[0,1,2,3]", "data.val_indices=[4,5]", "data.batch_size=2",
-            "+trainer.fast_dev_run=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+            "trainer.fast_dev_run=1", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
 
 
 @pytest.mark.parametrize("filtering", ["scan", "load"])
@@ -396,7 +397,7 @@ def test_diverging_training_stops_naming_the_batch(tmp_path):
 def test_batch_over_the_hessian_memory_budget_says_use_a_smaller_batch(tmp_path):
     from train import train
 
-    overrides = ["experiment=hip_e2e", "model=tiny", "model.hessian_memory_budget_gb=1e-6", "+trainer.fast_dev_run=1"]
+    overrides = ["experiment=hip_e2e", "model=tiny", "model.hessian_memory_budget_gb=1e-6", "trainer.fast_dev_run=1"]
     with pytest.raises(MemoryError, match=r"a batch of 2 molecules .* over the budget of 1e-06 GiB: use a smaller "
                                           r"data.batch_size"):
         train(compose_train(tmp_path, overrides))

@@ -86,7 +86,7 @@ def test_hip_frozen_defaults_to_the_shipped_backbone(tmp_path, caplog):
 
     if (CKPT / "eqv2.ckpt").exists():
         pytest.skip("HORM's eqv2.ckpt is present: it is the default backbone then")
-    cfg = compose_train(tmp_path, ["experiment=hip_frozen", "+trainer.fast_dev_run=1"])
+    cfg = compose_train(tmp_path, ["experiment=hip_frozen", "trainer.fast_dev_run=1"])
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
     assert "val/hessian_mae" in metrics
@@ -102,7 +102,7 @@ def test_frozen_mode_reads_the_backbone_architecture_from_its_checkpoint(tmp_pat
     backbone = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
     cfg = compose_train(tmp_path, ["experiment=hip_frozen", "model=hip_equiformer_v2",
                                    f"model.backbone_ckpt={backbone}", "model.model.num_layers_hessian=2",
-                                   "+trainer.fast_dev_run=1"])
+                                   "trainer.fast_dev_run=1"])
     train(cfg)
     config, state_dict = read_checkpoint(backbone)
     module = HIPModule(**{k: v for k, v in cfg.model.items() if k != "_target_"})

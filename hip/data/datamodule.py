@@ -64,8 +64,10 @@ class HormDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; they read LMDB and build graphs. Workers are
             persistent when ``num_workers > 0``.
         exclude_elements, skip_invalid, cache_dir: passed to every :class:`HormDataset`.
-        cutoff, max_neighbors, cutoff_hessian: graph settings (Å, count, Å) of the
-            :class:`~hip.data.graphs.GraphBuilder`.
+        cutoff, max_neighbors, cutoff_hessian: graph settings (Å, count or None for no cap, Å) of the
+            :class:`~hip.data.graphs.GraphBuilder`; required, with no default here: they must be the
+            model's (``max_radius``, ``max_neighbors``, ``cutoff_hessian``), which ``train.py`` and
+            ``eval.py`` pass from the built or loaded model (:func:`hip.training.instantiate_datamodule`).
         train_indices, val_indices, test_indices: raw indices to use, or an int K for the first K
             entries (molecules filtered out among them are dropped, so there may be fewer than K).
         seed: seed of the training shuffle: epoch e's order depends on (seed, e) only (Lightning calls
@@ -75,6 +77,10 @@ class HormDataModule(L.LightningDataModule):
 
     Each batch is a ``torch_geometric.data.Batch`` with the fields of ``MoleculeGraph`` plus
     ``batch`` [ΣN] and ``ptr`` [B + 1].
+
+    Raises:
+        ValueError: ``batch_size`` not an integer ≥ 1, ``num_workers`` not an integer ≥ 0 (the message
+            names the config key, e.g. ``data.batch_size='abc'``).
     """
 
     def __init__(
@@ -87,9 +93,9 @@ class HormDataModule(L.LightningDataModule):
         num_workers: int = 0,
         exclude_elements: Sequence[int] = (9,),
         skip_invalid: bool = False,
-        cutoff: float = 12.0,
-        max_neighbors: int | None = 20,
-        cutoff_hessian: float = 12.0,
+        cutoff: float,
+        max_neighbors: int | None,
+        cutoff_hessian: float,
         train_indices: Indices = None,
         val_indices: Indices = None,
         test_indices: Indices = None,
@@ -99,6 +105,9 @@ class HormDataModule(L.LightningDataModule):
         cache_dir: str | os.PathLike | None = "auto",
     ):
         super().__init__()
+        for key, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"data.{key}={value!r}: expected an integer ≥ {least}")
         self.save_hyperparameters()
         self.sources = {"train": train, "val": val, "test": test}
         self.subsets = {"train": train_indices, "val": val_indices, "test": test_indices}

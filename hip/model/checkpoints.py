@@ -15,10 +15,19 @@ d. ``{"state_dict": <authors' names, no prefix>, "config": <authors' model kwarg
 Module names are the authors' (``../shared/reference/*.txt``), so weights map one to one. Keys the
 authors' model registers but never uses (``edge_degree_embedding_hessian.*``) are dropped by name;
 every other missing, unexpected or mis-shaped key raises :class:`CheckpointError` listing them.
+
+Graph settings. A loaded model always has its checkpoint's cutoffs and neighbour cap
+(:data:`GRAPH_KEYS`), never hip's defaults: from the stored config; a cutoff the config omits from the
+radial basis stored with the weights (600 Gaussians on [0, cutoff], :data:`RADIAL_BUFFERS`); in the
+authors' formats (b–d) a key still missing takes their constructor's default
+(:data:`AUTHORS_GRAPH_DEFAULTS`), as their model did; in ours it is an error, except the Hessian
+cutoff of a checkpoint without a Hessian readout (an exported backbone), whose readout is fresh. A cutoff that disagrees
+with the stored radial basis (a config, override or model that does not fit the weights) is an error.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -34,6 +43,16 @@ from hip.safe_loading import RefusedGlobalError, safe_torch_load, to_plain
 #: Model kwargs of the Hessian readout. A frozen-backbone run takes them from its own config and every
 #: other kwarg (the backbone's architecture) from the backbone checkpoint (:func:`load_backbone`).
 HESSIAN_CONFIG_KEYS = ("num_layers_hessian", "cutoff_hessian")
+
+#: Graph settings (Å, count, Å) that every loaded model takes from its checkpoint.
+GRAPH_KEYS = ("max_radius", "max_neighbors", "cutoff_hessian")
+
+#: The HIP authors' constructor defaults (``nets/equiformer_v2/equiformer_v2_oc20.py`` of
+#: BurgerAndreas/hip): what their model used for a graph setting its stored config omits.
+AUTHORS_GRAPH_DEFAULTS = {"max_radius": 5.0, "max_neighbors": 500, "cutoff_hessian": 100.0}
+
+#: The radial-basis buffer of each cutoff: Gaussian centres on [0, cutoff], the last one at the cutoff.
+RADIAL_BUFFERS = {"max_radius": "distance_expansion.offset", "cutoff_hessian": "distance_expansion_hessian.offset"}
 
 #: State-dict prefixes that the authors' model registers but never uses in ``forward``.
 UNUSED_AUTHOR_PREFIXES = ("edge_degree_embedding_hessian.",)
@@ -109,8 +128,17 @@ def load_state_dict_checked(model: HIPEquiformerV2, state_dict: Mapping[str, tor
 
     Returns:
         None; ``model`` holds the weights.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped keys (listed), or a radial basis in
+            ``state_dict`` whose cutoff is not the model's (:data:`RADIAL_BUFFERS`).
     """
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(UNUSED_AUTHOR_PREFIXES)}
+    for key, buffer in RADIAL_BUFFERS.items():
+        if buffer in state_dict and not math.isclose(float(state_dict[buffer][-1]), getattr(model, key), rel_tol=1e-5):
+            raise CheckpointError(f"{where}: its radial basis {buffer} spans [0, {float(state_dict[buffer][-1]):g}] Å "
+                                  f"but the model has {key}={getattr(model, key)} Å: build it with the checkpoint's "
+                                  "graph settings (do not override them)")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     if allow_missing_hessian:
@@ -147,15 +175,17 @@ def read_checkpoint_and_domain(path: str | Path, map_location: str | torch.devic
             :mod:`hip.safe_loading`'s allow-lists. Off by default.
 
     Returns:
-        (model kwargs as plain dicts and lists, state dict of tensors, the
-        :class:`~hip.domain.TrainingDomain` recorded in our checkpoints, unknown for other formats).
+        (model kwargs as plain dicts and lists, with the checkpoint's :data:`GRAPH_KEYS`; state dict
+        of tensors; the :class:`~hip.domain.TrainingDomain` recorded in our checkpoints, unknown for
+        other formats).
 
     Raises:
         FileNotFoundError: the file does not exist.
         CheckpointError: ``path`` is a directory; not a readable torch file (text, random bytes,
             truncated); a file naming types outside the allow-lists (refused before any of it
             runs; the message names them); no ``state_dict`` of tensors; unrecognised format or
-            unknown config; a malformed ``training_domain`` record.
+            unknown config; our format without a graph setting that its weights do not imply; a
+            malformed ``training_domain`` record.
     """
     path = Path(path)
     if path.is_dir():
@@ -176,19 +206,54 @@ def read_checkpoint_and_domain(path: str | Path, map_location: str | torch.devic
         raise CheckpointError(f"{path}: 'hyper_parameters' is a {type(hparams).__name__}, expected a dict")
     if isinstance(hparams.get("model"), Mapping) and any(k.startswith("model.") for k in state_dict):
         where = f"{path} ['hyper_parameters']['model']"  # (a) ours
-        return _with_domain(checkpoint, path, "our checkpoint", _plain_config(hparams["model"], where),
-                            _strip_prefix(state_dict, "model."))
+        weights = _strip_prefix(state_dict, "model.")
+        return _with_domain(checkpoint, path, "our checkpoint",
+                            graph_settings(_plain_config(hparams["model"], where), weights, where), weights)
     if "config" in checkpoint:  # (d) plain dict with the authors' names
-        where = f"{path} ['config']"
-        return _with_domain(checkpoint, path, "a plain state dict",
-                            config_from_authors(_plain_config(checkpoint["config"], where), where), dict(state_dict))
-    if (authors := _find_authors_config(hparams)) is not None:  # (b), (c)
-        where = f"{path} ['hyper_parameters']"
-        return _with_domain(checkpoint, path, "a HIP authors' or HORM checkpoint",
-                            config_from_authors(_plain_config(authors, where), where),
-                            _strip_prefix(state_dict, "potential."))
-    raise CheckpointError(f"{path}: no model config found (looked for hyper_parameters['model'], "
-                          "'config', and a hyper_parameters dict with 'sphere_channels')")
+        kind, where, config = "a plain state dict", f"{path} ['config']", checkpoint["config"]
+        weights = dict(state_dict)
+    elif (authors := _find_authors_config(hparams)) is not None:  # (b), (c)
+        kind, where, config = "a HIP authors' or HORM checkpoint", f"{path} ['hyper_parameters']", authors
+        weights = _strip_prefix(state_dict, "potential.")
+    else:
+        raise CheckpointError(f"{path}: no model config found (looked for hyper_parameters['model'], "
+                              "'config', and a hyper_parameters dict with 'sphere_channels')")
+    config = config_from_authors(_plain_config(config, where), where)
+    return _with_domain(checkpoint, path, kind, graph_settings(config, weights, where, AUTHORS_GRAPH_DEFAULTS),
+                        weights)
+
+
+def graph_settings(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], where: str,
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` with every :data:`GRAPH_KEYS` entry the checkpoint's own (see the module docstring).
+
+    Args:
+        config: stored model kwargs (ours).
+        state_dict: the weights (no prefix); a cutoff missing from ``config`` is the last centre of
+            its radial basis buffer (:data:`RADIAL_BUFFERS`), Å.
+        where: the checkpoint and field, for messages.
+        defaults: values for keys still missing (the authors' constructor's); None: none.
+
+    Returns:
+        The config; ``cutoff_hessian`` may stay missing when ``state_dict`` holds no Hessian readout.
+
+    Raises:
+        CheckpointError: a graph setting neither stored, implied by the weights nor defaulted.
+    """
+    config = dict(config)
+    for key, buffer in RADIAL_BUFFERS.items():
+        if key not in config and buffer in state_dict:
+            config[key] = round(float(state_dict[buffer][-1]), 4)
+    for key, value in (defaults or {}).items():
+        config.setdefault(key, value)
+    # without a Hessian readout (HORM's eqv2.ckpt, an exported backbone) the readout is fresh: its cutoff
+    # is the caller's (load_backbone's readout), not the checkpoint's
+    has_readout = any(is_hessian_key(k) for k in state_dict)
+    missing = [key for key in GRAPH_KEYS if key not in config and (has_readout or key != "cutoff_hessian")]
+    if missing:
+        raise CheckpointError(f"{where}: the model config does not give {', '.join(missing)}; a checkpoint must bring "
+                              f"its own graph settings ({', '.join(GRAPH_KEYS)}), which its model was trained with")
+    return config
 
 
 def _with_domain(checkpoint: Mapping[str, Any], path: Path, kind: str, config: dict, state_dict: dict

@@ -10,7 +10,15 @@ import torch
 from helpers import TINY_MODEL, our_checkpoint
 
 from hip import HIPEquiformerV2, collate_molecules, load_checkpoint
-from hip.model.checkpoints import CheckpointError
+from hip.model.checkpoints import (
+    AUTHORS_GRAPH_DEFAULTS,
+    GRAPH_KEYS,
+    RADIAL_BUFFERS,
+    CheckpointError,
+    is_hessian_key,
+    load_backbone,
+    load_backbone_weights,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / ".." / "shared" / "reference"
@@ -35,6 +43,9 @@ def authors_checkpoint(num_layers_hessian: int) -> tuple[dict, dict, set]:
         shape, dtype = ast.literal_eval(shape), getattr(torch, dtype)
         state[name] = (torch.randn(shape, generator=generator).to(dtype) if dtype.is_floating_point
                        else torch.zeros(shape, dtype=dtype))
+    # the radial bases are fixed by the cutoffs: 600 Gaussian centres on [0, cutoff] (fairchem's smearing)
+    for key, buffer in RADIAL_BUFFERS.items():
+        state[buffer] = torch.linspace(0.0, config[key], state[buffer].numel())
     return state, config, parameters
 
 
@@ -171,3 +182,96 @@ def test_eval_py_reports_an_unreadable_checkpoint_without_traceback(tmp_path):
     assert result.returncode == 1
     assert "README.md: not a readable PyTorch checkpoint" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+#: Graph settings no default has (Å, count, Å), to see that a loaded model takes the checkpoint's.
+ODD_GRAPHS = {"max_radius": 4.5, "max_neighbors": 7, "cutoff_hessian": 33.0}
+
+
+def authors_config(config: dict) -> dict:
+    """Our model kwargs under the HIP authors' names (``lmax_list``, ``avg_num_nodes`` ...)."""
+    renamed = {"lmax": "lmax_list", "mmax": "mmax_list", "energy_normalizer": "avg_num_nodes"}
+    out = {renamed.get(k, k): ([v] if k in ("lmax", "mmax") else v) for k, v in config.items()}
+    return out | {"name": "EquiformerV2", "use_pbc": False, "otf_graph": True, "hessian_no_attn_weights": True}
+
+
+def save_in_format(path: Path, fmt: str, drop: tuple[str, ...] = ()) -> dict:
+    """A tiny model with :data:`ODD_GRAPHS` saved in format ``fmt`` of hip.model.checkpoints, its stored
+    config without the keys ``drop``; returns the model's config."""
+    torch.manual_seed(0)
+    model = HIPEquiformerV2(**TINY_MODEL | ODD_GRAPHS)
+    state = model.state_dict()
+    if fmt == "ours":
+        config = {k: v for k, v in model.config.items() if k not in drop}
+        torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "hyper_parameters": {"model": config}},
+                   path)
+        return model.config
+    config = {k: v for k, v in authors_config(model.config).items() if k not in drop}
+    if fmt == "horm":  # HORM's eqv2.ckpt: no Hessian readout, no Hessian settings
+        state = {k: v for k, v in state.items() if not is_hessian_key(k)}
+        config = {k: v for k, v in config.items() if "hessian" not in k}
+    if fmt == "plain":
+        torch.save({"state_dict": state, "config": config}, path)
+    else:
+        torch.save({"state_dict": {f"potential.{k}": v for k, v in state.items()},
+                    "hyper_parameters": {"model_config": config, "lr": 1e-3}}, path)
+    return model.config
+
+
+def graphs_of(model) -> tuple:
+    builder = model.graph_builder()
+    assert (builder.cutoff, builder.max_neighbors, builder.cutoff_hessian) == (
+        model.max_radius, model.max_neighbors, model.cutoff_hessian)
+    return model.max_radius, model.max_neighbors, model.cutoff_hessian
+
+
+@pytest.mark.parametrize("fmt", ["ours", "authors", "plain", "horm"])
+def test_each_format_brings_its_own_cutoffs_and_cap(tmp_path, fmt):
+    """Loading gives the stored cutoffs and neighbour cap, never hip's defaults (12 Å, 32, 12 Å), in the
+    model and the graphs it builds; so does a frozen backbone (its readout cutoff the run's)."""
+    path = tmp_path / f"{fmt}.ckpt"
+    save_in_format(path, fmt)
+    expected = tuple(ODD_GRAPHS.values())
+    if fmt == "horm":
+        # no Hessian readout stored: its cutoff is the authors' constructor default
+        expected = (*expected[:2], AUTHORS_GRAPH_DEFAULTS["cutoff_hessian"])
+        with pytest.warns(UserWarning, match="untrained"):
+            model = load_checkpoint(path)
+    else:
+        model = load_checkpoint(path)
+    assert graphs_of(model) == expected
+    backbone = load_backbone(path, cutoff_hessian=21.0, num_layers_hessian=1)
+    assert graphs_of(backbone) == (*expected[:2], 21.0)
+
+
+@pytest.mark.parametrize("fmt", ["authors", "plain"])
+def test_authors_config_without_graph_settings(tmp_path, fmt):
+    """The authors' config without the cutoffs: read from the stored radial bases; without the cap: their
+    constructor's default, as their model had."""
+    save_in_format(tmp_path / "a.ckpt", fmt, drop=GRAPH_KEYS)
+    model = load_checkpoint(tmp_path / "a.ckpt")
+    assert graphs_of(model) == (4.5, AUTHORS_GRAPH_DEFAULTS["max_neighbors"], 33.0)
+
+
+def test_our_checkpoint_must_state_its_neighbour_cap(tmp_path):
+    save_in_format(tmp_path / "ours.ckpt", "ours", drop=("max_neighbors", "cutoff_hessian"))
+    with pytest.raises(CheckpointError, match=r"ours\.ckpt.*does not give max_neighbors; a checkpoint must bring"):
+        load_checkpoint(tmp_path / "ours.ckpt")
+    save_in_format(tmp_path / "ours.ckpt", "ours", drop=("max_radius", "cutoff_hessian"))
+    assert graphs_of(load_checkpoint(tmp_path / "ours.ckpt")) == (4.5, 7, 33.0)  # cutoffs from the radial bases
+
+
+def test_cutoff_that_contradicts_the_stored_radial_basis_is_refused(tmp_path):
+    """A config or override whose cutoff is not the one the weights' radial basis was built with."""
+    config = save_in_format(tmp_path / "ours.ckpt", "ours")
+    checkpoint = torch.load(tmp_path / "ours.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["model"] = config | {"cutoff_hessian": 12.0}
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError, match=r"distance_expansion_hessian\.offset spans \[0, 33\] Å but the model "
+                                              r"has cutoff_hessian=12\.0"):
+        load_checkpoint(tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError, match=r"distance_expansion\.offset spans \[0, 4\.5\] Å"):
+        load_checkpoint(tmp_path / "ours.ckpt", max_radius=12.0)
+    # an end-to-end model initialised from a backbone must use the backbone's cutoff
+    with pytest.raises(CheckpointError, match=r"max_radius=12\.0 Å"):
+        load_backbone_weights(HIPEquiformerV2(**TINY_MODEL | ODD_GRAPHS | {"max_radius": 12.0}), tmp_path / "ours.ckpt")
