@@ -44,13 +44,16 @@ def check_options(cfg: DictConfig) -> None:
     """One-line errors for options of the wrong kind, naming the option and what it accepts.
 
     Raises:
-        ValueError: ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in
+        ValueError: ``eval.device`` unknown or absent (:func:`hip.device.resolve_device`);
+            ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in
             :data:`hip.calculator.DTYPES`;
             ``formats`` not a list of known names; temperature or pressure not positive.
     """
     from hip.calculator import DTYPES
+    from hip.device import resolve_device
     from hip.prediction_store import FORMATS
 
+    resolve_device(cfg.eval.device, "eval.device")
     for key in ("eval.batch_size", "window"):
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -90,6 +93,7 @@ def run(cfg: DictConfig) -> Path:
             run with other settings; each names the file, frame or option.
     """
     from hip.calculator import HIPCalculator
+    from hip.device import resolve_device
     from hip.prediction import (
         AnalysisSettings,
         FrameBatches,
@@ -114,7 +118,8 @@ def run(cfg: DictConfig) -> Path:
                               AnalysisSettings(cfg.imaginary_threshold_cm1, cfg.temperature, cfg.pressure),
                               skip_invalid=cfg.skip_invalid)
     writer = PredictionWriter(out_dir, list(cfg.formats), cfg.energy)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer], _convert_="all")
+    accelerator = resolve_device(cfg.eval.device, "eval.device").type  # Lightning's name: cpu or cuda
+    trainer = hydra.utils.instantiate(cfg.trainer, accelerator=accelerator, callbacks=[writer], _convert_="all")
     trainer.predict(module, dataloaders=frame_loader(dataset), return_predictions=False)
     if trainer.global_rank == 0:
         report(out_dir, cfg)

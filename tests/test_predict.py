@@ -189,6 +189,7 @@ def test_command_line_errors_are_one_line(tmp_path, tiny_checkpoint):
         ((water, tiny_checkpoint, "eval.batch_size=0"), "predict.py: option eval.batch_size=0: give a positive"),
         ((water, tiny_checkpoint, "dtype=float16"), "predict.py: option dtype='float16': choose one of"),
         ((water, tiny_checkpoint, "formats=[pdf]"), "predict.py: option formats="),
+        ((water, tiny_checkpoint, "eval.device=gpu"), "predict.py: eval.device='gpu' is not a device: use 'cpu'"),
         ((tmp_path, tiny_checkpoint), f"predict.py: input {tmp_path} is a directory"),
     ]
     for (input_path, checkpoint, *overrides), message in cases:
