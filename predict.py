@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> Path:
             run with other settings; each names the file, frame or option.
     """
     from hip.calculator import HIPCalculator
+    from hip.cli import check_run_settings
     from hip.device import resolve_device
     from hip.prediction import (
         AnalysisSettings,
@@ -102,7 +103,7 @@ def run(cfg: DictConfig) -> Path:
         frame_loader,
         iter_batches,
     )
-    from hip.prediction_store import check_settings, done_batches
+    from hip.prediction_store import done_batches
 
     check_options(cfg)
     out_dir = Path(cfg.output_dir)
@@ -111,7 +112,7 @@ def run(cfg: DictConfig) -> Path:
     calc = HIPCalculator(cfg.ckpt_path, device="cpu", **calculator_kwargs)  # checks the checkpoint and options
     dataset = FrameBatches(cfg.input, cfg.eval.batch_size, cfg.window, out_dir)
     next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work
-    check_settings(out_dir, settings(cfg))
+    check_run_settings(out_dir, settings(cfg), "give another output_dir= or delete it to start again")
     if done := done_batches(out_dir):
         print(f"predict.py: resuming, {len(done)} batches of {cfg.eval.batch_size} frames are already written")
     module = PredictionModule(calc.model, str(cfg.input), calculator_kwargs,

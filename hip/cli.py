@@ -6,8 +6,12 @@ ends a command with one line naming the command and the problem, and exit status
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -31,3 +35,31 @@ def user_errors(command: str, errors: tuple[type[Exception], ...] | None = None)
         yield
     except errors as e:
         raise SystemExit(f"{command}: {e}") from None
+
+
+def check_run_settings(directory: str | Path, settings: Mapping[str, Any], fix: str) -> None:
+    """Record ``settings`` in ``directory/settings.json``, or check them against the recorded ones, so that
+    a resumable command (predict.py, the downstream benchmarks) never mixes two runs in one directory.
+
+    Args:
+        directory: the run directory (created).
+        settings: what decides the run's outputs (JSON-serialisable; tuples compare as lists).
+        fix: what the user can do instead, for the message (e.g. ``"give another output_dir="``).
+
+    Raises:
+        ValueError: the directory holds a run with other settings; the message names the file, each
+            differing key with both values, and ``fix``.
+    """
+    path = Path(directory) / "settings.json"
+    settings = json.loads(json.dumps(dict(settings)))
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+            raise ValueError(f"{path}: this directory holds a run with other settings ({changes}); {fix}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".settings.json.tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -26,7 +26,7 @@ import csv
 import heapq
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ APPENDED = {"predictions.extxyz": None, "summary.csv": SUMMARY_COLUMNS, "frequen
 #: (:func:`hip.vibrations.write_normal_modes`); ``lmdb``: all frames in one HORM-format shard.
 FORMATS = ("hess", "fchk", "molden", "modes", "lmdb")
 MANIFEST = "manifest.jsonl"
-SETTINGS = "settings.json"
 
 
 def part_directory(output_dir: str | Path, rank: int, world_size: int) -> Path:
@@ -79,27 +78,6 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
 def done_batches(output_dir: str | Path) -> set[int]:
     """Batch numbers written by any part of ``output_dir`` (those a rerun skips)."""
     return {entry["batch"] for part in part_directories(output_dir) for entry in read_manifest(part)}
-
-
-def check_settings(output_dir: str | Path, settings: Mapping[str, Any]) -> None:
-    """Record ``settings`` in ``output_dir/settings.json``, or check them against the recorded ones.
-
-    Raises:
-        ValueError: the directory holds a run with other settings (the message names the keys), which
-            resuming into would mix two runs.
-    """
-    path = Path(output_dir) / SETTINGS
-    settings = json.loads(json.dumps(dict(settings)))
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
-        if differ:
-            changes = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
-            raise ValueError(f"{path}: this directory holds a run with other settings ({changes}); "
-                             "give another output_dir= or delete it to start again")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from hip.cli import check_run_settings
+
 
 class ResultsLog:
     """Finished runs of a benchmark as JSON lines, written one at a time so that a rerun resumes.
@@ -36,17 +38,7 @@ class ResultsLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.key_fields = tuple(key_fields)
         self.path = self.directory / "results.jsonl"
-        settings_path = self.directory / "settings.json"
-        settings = json.loads(json.dumps(dict(settings)))  # normalise (tuples → lists)
-        if settings_path.exists():
-            stored = json.loads(settings_path.read_text())
-            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            if changed:
-                details = ", ".join(f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}" for k in changed)
-                raise ValueError(f"{settings_path}: this output directory holds results of other settings "
-                                 f"({details}); use another output directory or delete it")
-        else:
-            settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+        check_run_settings(self.directory, settings, "use another output directory or delete it")
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():
             lines = self.path.read_text().splitlines()
