@@ -202,11 +202,7 @@ def vibrational_analysis(
     modes are B W. The d removed modes are thus the null space of P, identified by geometry, never by
     eigenvalue magnitude; this equals the non-null spectrum of P H̃ P.
 
-    Args:
-        hessian: (3N, 3N) Cartesian Hessian, eV/Å² (or flat [9N²]).
-        pos: [N, 3] positions, Å.
-        z: [N] atomic numbers (for the masses).
-        masses: [N] masses, amu, overriding ``atomic_masses(z)``.
+    Args: as :func:`eckart_project` (Hessian eV/Å², positions Å, atomic numbers, masses amu).
 
     Returns:
         :class:`VibrationalModes` (eigenvalues eV/(Å²·amu), mass-weighted eigenvectors, frequencies
