@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> Path:
     next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work
     check_run_settings(out_dir, settings(cfg), "give another output_dir= or delete it to start again")
     if done := done_batches(out_dir):
-        print(f"predict.py: resuming, {len(done)} batches of {cfg.eval.batch_size} frames are already written")
+        print(f"predict.py: resuming; {len(done)} batch(es) of up to {cfg.eval.batch_size} frames already written")
     module = PredictionModule(calc.model, str(cfg.input), calculator_kwargs,
                               AnalysisSettings(cfg.imaginary_threshold_cm1, cfg.temperature, cfg.pressure),
                               skip_invalid=cfg.skip_invalid)
@@ -136,16 +136,16 @@ def report(out_dir: Path, cfg: DictConfig, max_rows: int = 20) -> None:
     rows, n_frames, n_skipped = first_rows(out_dir, max_rows)
     tally = Counter(w.split(":", 1)[0] for row in iter_rows(out_dir, "summary.csv")
                     for w in row["warnings"].split("; ") if w)
-    lines = [f"{n_frames} frames of {cfg.input} predicted ({n_skipped} skipped, see skipped.csv), "
-             f"Hessian: {cfg.hessian}, checkpoint {cfg.ckpt_path}",
+    skipped = f" ({n_skipped} skipped: skipped.csv)" if n_skipped else ""
+    lines = [f"{n_frames} frames of {cfg.input} predicted{skipped}, Hessian: {cfg.hessian}, checkpoint {cfg.ckpt_path}",
              f"{'frame':>5}  {'formula':<12} {'N':>3}  {'energy [eV]':>14}  {'max|F| [eV/Å]':>13}  {'n_imag':>6}"
              f"  {'lowest [cm⁻¹]':>13}  {'ZPE [eV]':>8}  {'G [eV]':>14}  {'extremum':<24} warnings"]
     for r in rows:
         codes = ",".join(w.split(":", 1)[0] for w in r["warnings"].split("; ") if w) or "-"
-        gibbs = float(r["gibbs_energy_eV"] or "nan")
+        gibbs = f"{float(r['gibbs_energy_eV']):.4f}" if r["gibbs_energy_eV"] else "-"
         lines.append(f"{r['frame']:>5}  {r['formula']:<12} {r['natoms']:>3}  {float(r['energy_eV']):>14.4f}  "
                      f"{float(r['max_force_eV_per_A']):>13.4f}  {r['n_imaginary']:>6}  {r['lowest_frequency_cm1']:>13}"
-                     f"  {float(r['zpe_eV']):>8.4f}  {gibbs:>14.4f}  {r['extremum']:<24} {codes}")
+                     f"  {float(r['zpe_eV']):>8.4f}  {gibbs:>14}  {r['extremum']:<24} {codes}")
     if n_frames > max_rows:
         lines.append(f"... {n_frames - max_rows} more frames in summary.csv")
     if tally:
