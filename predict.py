@@ -131,17 +131,17 @@ def report(out_dir: Path, cfg: DictConfig, max_rows: int = 20) -> None:
     """Print (and log to ``predict.log``) one line per frame for the first ``max_rows`` frames, the warning
     counts and where the outputs are."""
     from hip.prediction import file_logger
-    from hip.prediction_store import first_rows, iter_rows
+    from hip.prediction_store import SEPARATOR, first_rows, iter_rows
 
     rows, n_frames, n_skipped = first_rows(out_dir, max_rows)
     tally = Counter(w.split(":", 1)[0] for row in iter_rows(out_dir, "summary.csv")
-                    for w in row["warnings"].split("; ") if w)
+                    for w in row["warnings"].split(SEPARATOR) if w)
     skipped = f" ({n_skipped} skipped: skipped.csv)" if n_skipped else ""
     lines = [f"{n_frames} frames of {cfg.input} predicted{skipped}, Hessian: {cfg.hessian}, checkpoint {cfg.ckpt_path}",
              f"{'frame':>5}  {'formula':<12} {'N':>3}  {'energy [eV]':>14}  {'max|F| [eV/Å]':>13}  {'n_imag':>6}"
              f"  {'lowest [cm⁻¹]':>13}  {'ZPE [eV]':>8}  {'G [eV]':>14}  {'extremum':<24} warnings"]
     for r in rows:
-        codes = ",".join(w.split(":", 1)[0] for w in r["warnings"].split("; ") if w) or "-"
+        codes = ",".join(w.split(":", 1)[0] for w in r["warnings"].split(SEPARATOR) if w) or "-"
         gibbs = f"{float(r['gibbs_energy_eV']):.4f}" if r["gibbs_energy_eV"] else "-"
         lines.append(f"{r['frame']:>5}  {r['formula']:<12} {r['natoms']:>3}  {float(r['energy_eV']):>14.4f}  "
                      f"{float(r['max_force_eV_per_A']):>13.4f}  {r['n_imaginary']:>6}  {r['lowest_frequency_cm1']:>13}"

@@ -40,6 +40,9 @@ SUMMARY_COLUMNS = ("frame", "formula", "natoms", "energy_eV", "max_force_eV_per_
 #: Columns of ``frequencies.csv``.
 FREQUENCY_COLUMNS = ("frame", "mode", "frequency_cm1", "imaginary", "zpe_eV", "n_imaginary", "extremum")
 SKIPPED_COLUMNS = ("frame", "reason")
+#: Between the warnings (and the notes) of one frame in ``summary.csv`` and ``atoms.info["hip_warnings"]``
+#: (messages may hold semicolons).
+SEPARATOR = " | "
 #: Appended files of a part and their CSV header (None: not a CSV).
 APPENDED = {"predictions.extxyz": None, "summary.csv": SUMMARY_COLUMNS, "frequencies.csv": FREQUENCY_COLUMNS,
             "skipped.csv": SKIPPED_COLUMNS}
@@ -168,7 +171,7 @@ class PredictionPart:
                 atoms = p.atoms.copy()
                 atoms.info.update(frame=p.index, n_imaginary=p.n_imaginary, extremum=p.extremum)
                 if p.warnings:
-                    atoms.info["hip_warnings"] = "; ".join(p.warnings)
+                    atoms.info["hip_warnings"] = SEPARATOR.join(p.warnings)
                 atoms.calc = SinglePointCalculator(atoms, energy=p.energy, forces=p.forces)
                 ase.io.write(f, atoms, format="extxyz")
 
@@ -220,8 +223,8 @@ def summary_row(p) -> tuple:
     thermo = [f"{p.thermo[k]:.6f}" if k in p.thermo else "" for k in ("enthalpy_eV", "gibbs_energy_eV")]
     entropy = f"{p.thermo['entropy_eV_per_K']:.6e}" if "entropy_eV_per_K" in p.thermo else ""
     return (p.index, p.atoms.get_chemical_formula(), len(p.atoms), f"{p.energy:.6f}", f"{fmax:.6f}", p.n_imaginary,
-            lowest, f"{p.zpe:.6f}", p.extremum, thermo[0], entropy, thermo[1], "; ".join(p.warnings),
-            "; ".join(p.notes))
+            lowest, f"{p.zpe:.6f}", p.extremum, thermo[0], entropy, thermo[1], SEPARATOR.join(p.warnings),
+            SEPARATOR.join(p.notes))
 
 
 # ---- reading a run back as one -----------------------------------------------------------------------

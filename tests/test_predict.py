@@ -346,7 +346,9 @@ def test_warnings_reach_the_summary_and_the_frames(tmp_path, tiny_checkpoint):
     ase.io.write(tmp_path / "apart.xyz", [molecule("NH3"), two_fragments])
     out = run(predict_config(tmp_path, tmp_path / "apart.xyz", tiny_checkpoint))
     written = read_predictions(out)
-    fragments = [w for w in written.summary[1]["warnings"].split("; ") if w.startswith("fragments:")]
+    warnings = written.summary[1]["warnings"].split(" | ")
+    fragments = [w for w in warnings if w.startswith("fragments:")]
+    assert all(w.split(":", 1)[0] in {"domain_unknown", "fragments", "forces", "sum_rule"} for w in warnings)
     assert len(fragments) == 1 and "(H2O, O)" in fragments[0]
     assert "fragments:" in written.frames[1].info["hip_warnings"]
     assert "fragments:" not in written.summary[0]["warnings"]
