@@ -351,7 +351,7 @@ class _Pipeline:
 
         for image in images:
             image.calc = self.calc
-        neb = NEB(images, climb=True, allow_shared_calculator=True)
+        neb = NEB(images, climb=True, method="improvedtangent", allow_shared_calculator=True)
         optimizer = FIRE(neb, logfile=None)
         record.success = bool(optimizer.run(fmax=self.settings.neb_fmax, steps=self.settings.neb_steps))
         record.steps = optimizer.nsteps
