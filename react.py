@@ -162,7 +162,8 @@ def write_structures(result, out_dir: Path, write_modes: bool) -> list[str]:
             written.append(name)
     if write_modes and result.ts_hessian is not None:
         write_normal_modes(result.ts_hessian, result.ts, out_dir / "ts_modes")
-        written.append("ts_modes/ (mode_000.traj: the imaginary mode)")
+        imaginary = result.ts_frequencies[0] < 0
+        written.append("ts_modes/" + (" (mode_000.traj: the imaginary mode)" if imaginary else ""))
     return written
 
 

@@ -26,16 +26,27 @@ Units: energies eV, temperature K, frequencies cm⁻¹ (negative for an imaginar
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import ase.units
+import numpy as np
+from ase import Atoms
 
-from hip.vibrations import Thermochemistry
+from hip.vibrations import Thermochemistry, count_imaginary
 
 #: Planck's constant, eV·s.
 PLANCK_EV_S = ase.units._hplanck / ase.units._e
 #: 1 eV in kJ/mol.
 EV_TO_KJ_PER_MOL = ase.units._e * ase.units._Nav / 1000.0
+#: ReactBench's TS success: exactly one mode below −this, cm⁻¹ (smaller ones are noise of flat modes).
+TS_IMAGINARY_THRESHOLD_CM1 = 10.0
+
+
+def is_transition_state(frequencies_cm1) -> bool:
+    """ReactBench's TS success: exactly one of ``frequencies_cm1`` ([M] cm⁻¹, negative = imaginary; at least
+    the two lowest) below −:data:`TS_IMAGINARY_THRESHOLD_CM1`."""
+    return count_imaginary(frequencies_cm1, TS_IMAGINARY_THRESHOLD_CM1) == 1
 
 
 def wigner_kappa(imaginary_frequency_cm1: float, temperature: float) -> float:
@@ -84,6 +95,31 @@ class StationaryPoint:
     energy: float
     thermo: Thermochemistry
 
+    def summary(self) -> dict[str, float]:
+        """``energy_eV``, ``zero_point_energy_eV``, ``enthalpy_eV``, ``gibbs_energy_eV``, ``entropy_eV_per_K``,
+        ``imaginary_modes_left_out`` and ``symmetry_number``."""
+        t = self.thermo
+        return {"energy_eV": self.energy, "zero_point_energy_eV": t.zero_point_energy, "enthalpy_eV": t.enthalpy,
+                "gibbs_energy_eV": t.gibbs_energy, "entropy_eV_per_K": t.entropy,
+                "imaginary_modes_left_out": t.n_imaginary, "symmetry_number": t.symmetry_number}
+
+
+def stationary_point(atoms: Atoms, hessian: np.ndarray, energy: float, temperature: float,
+                     pressure: float = 101325.0) -> StationaryPoint:
+    """:class:`StationaryPoint` of ``atoms`` from its (3N, 3N) Hessian (eV/Å²) and electronic ``energy`` (eV)
+    at ``temperature`` K and ``pressure`` Pa (:func:`hip.vibrations.thermochemistry`; imaginary modes, the
+    reaction mode at a TS, are left out without ASE's warning).
+
+    Raises:
+        ValueError: the Hessian's shape does not fit the atoms; ImportError: PySCF (symmetry number) missing.
+    """
+    from hip.vibrations import thermochemistry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ASE: "1 imag modes removed"
+        thermo = thermochemistry(hessian, atoms, temperature, pressure, potential_energy=float(energy))
+    return StationaryPoint(float(energy), thermo)
+
 
 @dataclass
 class Energetics:
@@ -106,6 +142,11 @@ class Energetics:
     wigner_kappa: float
     rate_constant_forward: float
     rate_constant_reverse: float
+
+    @classmethod
+    def empty_dict(cls) -> dict[str, None]:
+        """The keys of :meth:`as_dict`, every value None (a run that stopped before the thermochemistry)."""
+        return dict.fromkeys(cls(**dict.fromkeys(cls.__dataclass_fields__, 0.0)).as_dict())
 
     def as_dict(self) -> dict[str, float]:
         """Flat dict with units in the keys: ``barrier_forward_eV``, ``rate_constant_forward_s-1``,

@@ -1,9 +1,8 @@
 """From a reactant and a product to a verified transition state, its barriers and its rate (paper §4, Fig. 4).
 
-The paper's Fig. 4 pipeline, with the stages ReactBench (the authors' benchmark) records, for any ASE
-calculator that has ``get_hessian`` (:class:`hip.calculator.HIPCalculator` with ``hessian_method`` ``"hip"``,
-``"autodiff"`` or ``"finite_difference"``; :func:`dft_calculator`, PySCF at HORM's level; an analytic
-surface)::
+The paper's Fig. 4 pipeline with the stages ReactBench (the authors' benchmark) records, for any ASE calculator
+with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or finite-difference Hessians;
+:func:`dft_calculator`: PySCF at HORM's level; an analytic surface)::
 
     relax_reactant, relax_product   RS-RFO to minima with the same calculator (skipped: relax_endpoints=False)
     path                            geodesic interpolation (PyPI geodesic-interpolate, Zhu et al. 2019)
@@ -13,8 +12,7 @@ surface)::
     ts_success                      exactly one imaginary mode, below −10 cm⁻¹ (ReactBench's rule)
     irc                             Sella's IRC both ways from the TS, both ends relaxed
     intended                        one IRC end is the reactant and the other the product
-    thermochemistry                 ideal-gas RRHO at the three stationary points → ΔE‡, ΔH‡, ΔG‡, k(T)
-                                    (:mod:`hip.kinetics`)
+    thermochemistry                 RRHO at the stationary points → ΔE‡, ΔH‡, ΔG‡, k(T) (:mod:`hip.kinetics`)
 
 The authors' protocol grows the path with pysisyphus' growing string (driven by ReactBench); that has
 no maintained PyPI release, so the path here is the geodesic interpolation their README recommends to
@@ -28,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partialmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,7 +36,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from hip.kinetics import Energetics, StationaryPoint, reaction_energetics
+from hip import kinetics
 from hip.optimize import (
     GAUSSIAN_CRITERIA,
     ConvergenceCriteria,
@@ -49,13 +47,13 @@ from hip.optimize import (
     optimize,
 )
 
-#: ReactBench's TS success rule: exactly one mode with a frequency below −this, cm⁻¹ (smaller
-#: imaginary frequencies count as numerical noise of a flat mode).
-TS_IMAGINARY_THRESHOLD_CM1 = 10.0
 #: An IRC end is the reactant (product) if it has the same bonds and an aligned RMSD below this, Å:
 #: loose enough for soft modes (methyl rotations, floppy angles) that relax differently, while the
 #: bonds decide the chemistry.
 INTENDED_RMSD_TOLERANCE = 0.3
+#: Bonds are pairs closer than this × the sum of covalent radii: real bonds exceed that sum by a few
+#: per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
+BOND_SCALE = 1.2
 #: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
 IDENTICAL_RMSD = 0.05
 #: The order of the pipeline's stages (``dft_verify`` is an optional check after them).
@@ -63,8 +61,7 @@ STAGES = ("relax_reactant", "relax_product", "path", "ts_search", "ts_success", 
           "thermochemistry")
 
 
-def _dft_module():
-    """The module holding the PySCF calculator and ``dft_verify`` (the one place that names it)."""
+def _dft_module():  # the one place that names the module of DFTCalculator and dft_verify
     import hip.optimize as dft
 
     return dft
@@ -76,23 +73,12 @@ def dft_calculator(**label_kwargs) -> Calculator:
     return _dft_module().DFTCalculator(**label_kwargs)
 
 
-def is_transition_state(frequencies_cm1) -> bool:
-    """ReactBench's TS success: exactly one frequency below −:data:`TS_IMAGINARY_THRESHOLD_CM1` cm⁻¹.
-
-    Args:
-        frequencies_cm1: [M] vibrational wavenumbers, cm⁻¹, negative for imaginary modes (at least the
-            two lowest).
-    """
-    from hip.vibrations import count_imaginary
-
-    return count_imaginary(frequencies_cm1, TS_IMAGINARY_THRESHOLD_CM1) == 1
-
-
 def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
-    """Atom pairs (i < j) closer than the sum of their covalent radii (``ase.neighborlist.natural_cutoffs``)."""
+    """Atom pairs (i < j) closer than :data:`BOND_SCALE` × the sum of their covalent radii
+    (``ase.neighborlist.natural_cutoffs``, ASE's covalent radii)."""
     from ase.neighborlist import natural_cutoffs
 
-    radii = np.asarray(natural_cutoffs(atoms))
+    radii = np.asarray(natural_cutoffs(atoms, mult=BOND_SCALE))
     close = atoms.get_all_distances() < radii[:, None] + radii[None, :]
     return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
 
@@ -128,26 +114,15 @@ def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "r
 
 @dataclass
 class ReactionSettings:
-    """How :func:`find_reaction` runs.
-
-    Attributes:
-        relax_endpoints: relax reactant and product to minima first (RS-RFO, ``relax_steps``).
-        path: ``"geodesic"`` or ``"neb"`` (climbing-image NEB started from the geodesic path).
-        images: images of the path, end points included.
-        neb_fmax, neb_steps: NEB convergence (eV/Å, ASE's FIRE) and step budget.
-        hessian_every_step: a fresh Hessian before every RS-RFO / RS-P-RFO step; else one at the start
-            and Sella's TS-BFGS updates.
-        internal: Sella in its redundant internal coordinates (the authors' choice) or Cartesians.
-        criteria: Gaussian-style convergence (paper Table 13) of relaxations and the TS search.
-        relax_steps, ts_steps: step budgets.
-        irc_steps, irc_dx: IRC steps per direction and their length, Å·√amu (the authors': 125 × 0.1).
-        energy: what Sella's trust radius sees: ``"model"`` (the calculator's energy, the authors'
-            choice) or ``"work"`` (:class:`hip.optimize.WorkEnergy`, for direct-force models).
-        temperature: K; pressure: Pa (thermochemistry).
-        intended_rmsd: :data:`INTENDED_RMSD_TOLERANCE`.
-        dft_verify: ``label_molecule`` keyword arguments to recompute the found TS with DFT after the
-            pipeline (frequencies and force RMS, paper A.6.2), or None (no check).
-    """
+    """How :func:`find_reaction` runs: ``relax_endpoints`` (RS-RFO, ``relax_steps``); ``path`` ``"geodesic"``
+    or ``"neb"`` (climbing-image NEB from the geodesic path, ASE's FIRE to ``neb_fmax`` eV/Å in ``neb_steps``)
+    with ``images`` images, end points included; ``hessian_every_step`` (else one Hessian at the start and
+    Sella's TS-BFGS updates); ``internal`` (Sella's redundant internal coordinates, the authors' choice);
+    ``criteria`` (Gaussian's, paper Table 13) and the budgets ``relax_steps``, ``ts_steps``; ``irc_steps``
+    of ``irc_dx`` Å·√amu per direction (the authors' 125 × 0.1); ``energy`` that Sella's trust radius sees
+    (``"model"``, the authors' choice, or ``"work"``: :class:`hip.optimize.WorkEnergy`); ``temperature`` K
+    and ``pressure`` Pa; ``intended_rmsd`` Å; ``dft_verify``: ``label_molecule`` keyword arguments to
+    recompute the found TS with DFT (frequencies, force RMS; paper A.6.2), or None."""
 
     relax_endpoints: bool = True
     path: str = "geodesic"
@@ -170,10 +145,9 @@ class ReactionSettings:
     PATHS: ClassVar[tuple[str, ...]] = ("geodesic", "neb")
 
     def __post_init__(self):
-        if self.path not in self.PATHS:
-            raise ValueError(f"path must be one of {self.PATHS}, got {self.path!r}")
-        if self.energy not in ("model", "work"):
-            raise ValueError(f"energy must be 'model' or 'work', got {self.energy!r}")
+        for name, value, allowed in (("path", self.path, self.PATHS), ("energy", self.energy, ("model", "work"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.images < 3:
             raise ValueError(f"images must be ≥ 3 (two end points and one inner image), got {self.images}")
 
@@ -192,19 +166,12 @@ class StageRecord:
 
 @dataclass
 class ReactionResult:
-    """Everything :func:`find_reaction` found; fields are None/empty after the stage that failed.
-
-    Attributes:
-        stages: stage name → :class:`StageRecord`, in the order run.
-        reactant, product: the (relaxed) end points, product aligned onto the reactant; positions Å.
-        path: the images searched for the TS guess, each with its energy (SinglePointCalculator).
-        ts: the transition state; ts_hessian: its (3N, 3N) Hessian, eV/Å²; ts_frequencies: cm⁻¹.
-        irc: reactant-side end → TS → product-side end (when ``intended`` decided which is which; else
-            reverse → TS → forward), each frame with its energy; the geometries the IRC and the end-point
-            relaxations computed, kept where they move further from the TS.
-        irc_ts_index: index of the TS in ``irc``.
-        energetics: :class:`hip.kinetics.Energetics`, or None.
-    """
+    """What :func:`find_reaction` found (None/empty from the failed stage on): ``stages`` (name →
+    :class:`StageRecord`, in order); the (relaxed) ``reactant`` and ``product`` (aligned onto it), the
+    ``path`` images, the ``ts`` (each Atoms with its energy, positions Å); ``ts_hessian`` (3N, 3N) eV/Å² and
+    ``ts_frequencies`` [3N − 6 or 5] cm⁻¹; ``irc``: the geometries the IRC and the end-point relaxations
+    computed, kept where they move further from the TS, ordered reactant → TS (``irc[irc_ts_index]``) →
+    product once ``intended`` knows which end is which (else reverse → TS → forward); ``energetics``."""
 
     stages: dict[str, StageRecord] = field(default_factory=dict)
     reactant: Atoms | None = None
@@ -215,7 +182,7 @@ class ReactionResult:
     ts_frequencies: np.ndarray | None = None
     irc: list[Atoms] = field(default_factory=list)
     irc_ts_index: int = 0
-    energetics: Energetics | None = None
+    energetics: kinetics.Energetics | None = None
 
     @property
     def failed_stage(self) -> str | None:
@@ -225,13 +192,11 @@ class ReactionResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary: ``stages`` (each a :class:`StageRecord` dict), ``failed_stage``,
         ``imaginary_frequency_cm1`` and the :meth:`hip.kinetics.Energetics.as_dict` keys (None if not reached)."""
-        names = [f.name for f in Energetics.__dataclass_fields__.values()]
-        empty = Energetics(**dict.fromkeys(names, None)).as_dict()
         out: dict[str, Any] = {"stages": {k: asdict(v) for k, v in self.stages.items()},
-                               "failed_stage": self.failed_stage, **empty}
+                               "failed_stage": self.failed_stage, **kinetics.Energetics.empty_dict()}
         if self.energetics is not None:
             out.update(self.energetics.as_dict())
-        elif self.ts_frequencies is not None and len(self.ts_frequencies):
+        elif self.ts_frequencies is not None and len(self.ts_frequencies) and self.ts_frequencies[0] < 0:
             out["imaginary_frequency_cm1"] = float(self.ts_frequencies[0])
         return out
 
@@ -286,36 +251,41 @@ class _Pipeline:
         return out
 
     def sella(self, atoms: Atoms, order: int, steps: int, record: StageRecord) -> Atoms:
+        """Sella from ``atoms``; a run in internal coordinates that stalls without converging (Sella's linear
+        angles near a linear molecule) is continued in Cartesians with a fresh budget, and says so."""
         # the Hessian source is self.hessian; "hip" only satisfies OptimizerSpec's check
         spec = OptimizerSpec("reaction", "RS-P-RFO" if order else "RS-RFO", "sella", "hip",
                              self.settings.hessian_every_step)
         atoms = self.attach(atoms)
+        coordinates = ["internal"] if self.settings.internal else ["cartesian"]
         run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, self.settings.internal)
-        record.success, record.steps, record.error = run.converged, run.steps, run.error
-        record.details.update(energy=run.energy, max_force_Ha_per_Bohr=run.max_force, hessian_calls=run.hessian_calls)
+        record.steps, calls = run.steps, run.hessian_calls
+        if self.settings.internal and not run.converged and not run.error:
+            coordinates.append("cartesian")
+            run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, False)
+            record.steps, calls = record.steps + run.steps, calls + run.hessian_calls
+        record.success, record.error = run.converged, run.error
+        record.details.update(energy=run.energy, max_force_Ha_per_Bohr=run.max_force, hessian_calls=calls,
+                              coordinates=coordinates)
         if not run.converged and not run.error:
-            record.error = f"not converged in {steps} steps (max force {run.max_force:.2e} Ha/Bohr)"
+            record.error = f"not converged in {record.steps} steps (max force {run.max_force:.2e} Ha/Bohr)"
         return _with_energy(atoms, self.calc.get_potential_energy(atoms))
 
     # ---- stages --------------------------------------------------------------------------------------
-    def relax_reactant(self, record: StageRecord) -> None:
-        self._relax("reactant", record)
-
-    def relax_product(self, record: StageRecord) -> None:
-        self._relax("product", record)
-        if record.success:
-            same, rmsd = same_structure(self.result.reactant, self.result.product, IDENTICAL_RMSD)
-            if same:
-                record.success = False
-                record.error = f"reactant and product relaxed to the same minimum (aligned RMSD {rmsd:.3f} Å)"
-
     def _relax(self, which: str, record: StageRecord) -> None:
         atoms = getattr(self.result, which)
-        if not self.settings.relax_endpoints:
+        if self.settings.relax_endpoints:
+            setattr(self.result, which, self.sella(atoms, 0, self.settings.relax_steps, record))
+        else:
             record.success, record.details["skipped"] = True, True
             setattr(self.result, which, _with_energy(atoms, self.calc.get_potential_energy(atoms)))
-            return
-        setattr(self.result, which, self.sella(atoms, 0, self.settings.relax_steps, record))
+        same, rmsd = same_structure(self.result.reactant, self.result.product, IDENTICAL_RMSD)
+        if which == "product" and record.success and same:
+            record.success = False
+            record.error = f"reactant and product relaxed to the same minimum (aligned RMSD {rmsd:.3f} Å)"
+
+    relax_reactant = partialmethod(_relax, "reactant")
+    relax_product = partialmethod(_relax, "product")
 
     def path(self, record: StageRecord) -> None:
         from ase.build import minimize_rotation_and_translation
@@ -367,18 +337,16 @@ class _Pipeline:
     def ts_success(self, record: StageRecord) -> None:
         from hip.vibrations import vibrational_analysis
 
-        ts = self.result.ts
-        hessian = self.hessian(ts)
-        self.result.ts_hessian = 0.5 * (hessian + hessian.T)
-        frequencies = vibrational_analysis(self.result.ts_hessian, ts.positions, ts.numbers,
-                                           masses=ts.get_masses()).frequencies.numpy()
-        self.result.ts_frequencies = frequencies
-        record.success = is_transition_state(frequencies)
-        n_imaginary = int((frequencies < -TS_IMAGINARY_THRESHOLD_CM1).sum())
-        record.details.update(n_imaginary=n_imaginary, lowest_frequencies_cm1=frequencies[:4].tolist())
+        ts, hessian = self.result.ts, self.hessian(self.result.ts)
+        self.result.ts_hessian = hessian = 0.5 * (hessian + hessian.T)
+        nu = vibrational_analysis(hessian, ts.positions, ts.numbers, ts.get_masses()).frequencies.numpy()
+        self.result.ts_frequencies, record.success = nu, kinetics.is_transition_state(nu)
+        threshold = kinetics.TS_IMAGINARY_THRESHOLD_CM1
+        n_imaginary = int((nu < -threshold).sum())
+        record.details.update(n_imaginary=n_imaginary, lowest_frequencies_cm1=nu[:4].tolist())
         if not record.success:
-            record.error = (f"{n_imaginary} modes below −{TS_IMAGINARY_THRESHOLD_CM1:g} cm⁻¹ (a TS has exactly one); "
-                            f"lowest {np.round(frequencies[:3], 1).tolist()} cm⁻¹")
+            record.error = (f"{n_imaginary} modes below −{threshold:g} cm⁻¹ (a TS has exactly one); "
+                            f"lowest {np.round(nu[:3], 1).tolist()} cm⁻¹")
 
     def irc(self, record: StageRecord) -> None:
         s, ts = self.settings, self.result.ts
@@ -392,8 +360,8 @@ class _Pipeline:
             check = irc_verify(ts, make_calculator, self.hessian, s.criteria, s.irc_steps, s.irc_dx, s.relax_steps)
         record.details.update(endpoint_converged=check.endpoint_converged, two_distinct_minima=check.verified,
                               endpoint_negative_modes=check.endpoint_negative_modes, endpoint_rmsd=check.rmsd)
-        record.error = check.error
-        record.success = not check.error and len(check.endpoints) == 2 and all(check.endpoint_converged)
+        record.error, record.success = check.error, not check.error and all(check.endpoint_converged)
+        record.success = record.success and len(check.endpoints) == 2
         if len(check.endpoints) == 2:
             ends = [_with_energy(end, self.calc.get_potential_energy(end)) for end in check.endpoints]
             forward = _branch(recorders[0].frames + recorders[1].frames, ts, ends[0])
@@ -423,32 +391,23 @@ class _Pipeline:
                             f"(same bonds and aligned RMSD < {self.settings.intended_rmsd} Å)")
 
     def thermochemistry(self, record: StageRecord) -> None:
-        from hip.vibrations import thermochemistry
-
         s, points = self.settings, {}
         for name in ("reactant", "ts", "product"):
             atoms = getattr(self.result, name)
             hessian = self.result.ts_hessian if name == "ts" else self.hessian(atoms)
-            energy = float(atoms.get_potential_energy())
-            with warnings.catch_warnings():  # ASE: "1 imag modes removed" at the TS, as intended
-                warnings.simplefilter("ignore", UserWarning)
-                thermo = thermochemistry(hessian, atoms, s.temperature, s.pressure, potential_energy=energy)
-            points[name] = StationaryPoint(energy, thermo)
-            record.details[name] = {"energy_eV": energy, "zero_point_energy_eV": thermo.zero_point_energy,
-                                    "enthalpy_eV": thermo.enthalpy, "gibbs_energy_eV": thermo.gibbs_energy,
-                                    "n_imaginary": int((thermo.frequencies < -TS_IMAGINARY_THRESHOLD_CM1).sum()),
-                                    "symmetry_number": thermo.symmetry_number}
-        self.result.energetics = reaction_energetics(points["reactant"], points["ts"], points["product"],
+            energy = atoms.get_potential_energy()
+            points[name] = kinetics.stationary_point(atoms, hessian, energy, s.temperature, s.pressure)
+            record.details[name] = points[name].summary()
+        self.result.energetics = kinetics.reaction_energetics(points["reactant"], points["ts"], points["product"],
                                                      float(self.result.ts_frequencies[0]), s.temperature)
         record.success = True
 
     def dft_verify(self, record: StageRecord) -> None:
         check = _dft_module().dft_verify(self.result.ts, **self.settings.dft_verify)
-        record.error = check.error
         if check.error:
+            record.error = check.error
             return
-        rms = check.force_rms
-        one_mode = is_transition_state(check.lowest_frequencies)
+        rms, one_mode = check.force_rms, kinetics.is_transition_state(check.lowest_frequencies)
         record.details.update({"lowest_frequencies_cm1": check.lowest_frequencies, "one_imaginary_mode": one_mode,
                                "force_rms_Ha_per_Bohr": rms, "force_rms_below_2e-3": rms < 2e-3,
                                "force_rms_below_3e-3": rms < 3e-3, "seconds_dft": check.wall_time})
@@ -477,27 +436,23 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
     check_reaction_pair(reactant, product)
     settings = settings or ReactionSettings()
     pipeline = _Pipeline(reactant, product, calculator, settings)
+    stages = pipeline.result.stages
     for name in STAGES:
-        record = _run_stage(getattr(pipeline, name))
-        pipeline.result.stages[name] = record
-        if progress is not None:
-            progress(name, record)
-        if not record.success:
+        if not _run_stage(pipeline, name, progress):
             break
-    ts_found = pipeline.result.stages.get("ts_success", StageRecord()).success
-    if settings.dft_verify is not None and ts_found:
-        pipeline.result.stages["dft_verify"] = record = _run_stage(pipeline.dft_verify)
-        if progress is not None:
-            progress("dft_verify", record)
+    if settings.dft_verify is not None and stages.get("ts_success", StageRecord()).success:
+        _run_stage(pipeline, "dft_verify", progress)
     return pipeline.result
 
 
-def _run_stage(stage: Callable[[StageRecord], None]) -> StageRecord:
-    record = StageRecord()
+def _run_stage(pipeline: _Pipeline, name: str, progress: Callable[[str, StageRecord], None] | None) -> bool:
+    pipeline.result.stages[name] = record = StageRecord()
     start = time.perf_counter()
     try:
-        stage(record)
+        getattr(pipeline, name)(record)
     except Exception as e:  # a stage's failure is a result (bad geometry, SCF, model), never a traceback
         record.success, record.error = False, f"{type(e).__name__}: {e}"
     record.seconds = time.perf_counter() - start
-    return record
+    if progress is not None:
+        progress(name, record)
+    return record.success

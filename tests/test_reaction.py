@@ -20,14 +20,13 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from hip.kinetics import eyring_rate, wigner_kappa
+from hip.kinetics import eyring_rate, is_transition_state, wigner_kappa
 from hip.reaction import (
     STAGES,
     ReactionSettings,
     bonds,
     check_reaction_pair,
     find_reaction,
-    is_transition_state,
 )
 
 K, R0, H, C, W = 30.0, 1.2, 0.5, 1.6, 0.3  # eV/Å², Å, eV, Å, Å
@@ -154,9 +153,11 @@ def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
 
 
 def test_a_failed_stage_ends_the_run_with_its_reason():
-    result = find_reaction(triangle(1.35), triangle(1.85), Surface(), ReactionSettings(ts_steps=1))
-    assert list(result.stages)[-1] == "ts_search" == result.failed_stage
-    assert "not converged in 1 steps" in result.stages["ts_search"].error
+    result = find_reaction(triangle(1.35, 1.3), triangle(1.85), Surface(), ReactionSettings(relax_steps=1))
+    assert list(result.stages) == ["relax_reactant"] == [result.failed_stage]
+    record = result.stages["relax_reactant"]
+    assert record.details["coordinates"] == ["internal", "cartesian"]  # a stalled internal run goes on in Cartesians
+    assert "not converged in 2 steps" in record.error and record.steps == 2
     assert result.energetics is None and result.as_dict()["rate_constant_forward_s-1"] is None
 
     class Broken(Surface):
