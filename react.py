@@ -219,8 +219,10 @@ def plot_profile(result, path: Path) -> bool:
              for way, barrier in (("forward", energy[top]), ("reverse", energy[top] - energy[-1]))]
     if result.energetics is not None:
         e = result.energetics
-        lines.append(f"ΔG‡({e.temperature:g} K) {e.gibbs_barrier_forward:.3f} / {e.gibbs_barrier_reverse:.3f} eV")
+        lines.append(f"ΔG‡({e.temperature:g} K) forward {e.gibbs_barrier_forward:.3f} eV, reverse "
+                     f"{e.gibbs_barrier_reverse:.3f} eV; ν‡ = {e.imaginary_frequency_cm1:.0f} cm⁻¹")
     ax.text(0.02, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8)
+    ax.margins(y=0.15)
     ax.set_xlabel("distance along the " + ("IRC" if along_irc else "path") + " [Å·√amu]")
     ax.set_ylabel(f"E − E({ends[0]}) [eV]")
     title = result.reactant.get_chemical_formula() + ("" if along_irc else f" (no IRC: {result.failed_stage} failed)")

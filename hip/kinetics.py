@@ -39,6 +39,8 @@ from hip.vibrations import Thermochemistry, count_imaginary
 PLANCK_EV_S = ase.units._hplanck / ase.units._e
 #: 1 eV in kJ/mol.
 EV_TO_KJ_PER_MOL = ase.units._e * ase.units._Nav / 1000.0
+#: Atoms within this distance (Å) of one line make a linear molecule in :func:`stationary_point`.
+LINEAR_TOLERANCE = 0.01
 #: ReactBench's TS success: exactly one mode below −this, cm⁻¹ (smaller ones are noise of flat modes).
 TS_IMAGINARY_THRESHOLD_CM1 = 10.0
 
@@ -97,11 +99,28 @@ class StationaryPoint:
 
     def summary(self) -> dict[str, float]:
         """``energy_eV``, ``zero_point_energy_eV``, ``enthalpy_eV``, ``gibbs_energy_eV``, ``entropy_eV_per_K``,
-        ``imaginary_modes_left_out`` and ``symmetry_number``."""
+        ``imaginary_modes_left_out``, ``geometry`` and ``symmetry_number``."""
         t = self.thermo
         return {"energy_eV": self.energy, "zero_point_energy_eV": t.zero_point_energy, "enthalpy_eV": t.enthalpy,
                 "gibbs_energy_eV": t.gibbs_energy, "entropy_eV_per_K": t.entropy,
-                "imaginary_modes_left_out": t.n_imaginary, "symmetry_number": t.symmetry_number}
+                "imaginary_modes_left_out": t.n_imaginary, "geometry": t.geometry, "symmetry_number": t.symmetry_number}
+
+
+def straightened(atoms: Atoms, tolerance: float = LINEAR_TOLERANCE) -> Atoms | None:
+    """A copy of ``atoms`` with the positions projected onto their principal axis of least inertia if every
+    atom lies within ``tolerance`` Å of that line (a linear molecule as an optimiser leaves it), else None."""
+    if len(atoms) < 2:
+        return None
+    moments, axes = atoms.get_moments_of_inertia(vectors=True)
+    axis = axes[int(np.argmin(moments))]
+    centre = atoms.get_center_of_mass()
+    along = (atoms.positions - centre) @ axis
+    line = centre + along[:, None] * axis
+    if np.linalg.norm(atoms.positions - line, axis=1).max() >= tolerance:
+        return None
+    out = atoms.copy()
+    out.positions = line
+    return out
 
 
 def stationary_point(atoms: Atoms, hessian: np.ndarray, energy: float, temperature: float,
@@ -110,11 +129,16 @@ def stationary_point(atoms: Atoms, hessian: np.ndarray, energy: float, temperatu
     at ``temperature`` K and ``pressure`` Pa (:func:`hip.vibrations.thermochemistry`; imaginary modes, the
     reaction mode at a TS, are left out without ASE's warning).
 
+    A molecule within :data:`LINEAR_TOLERANCE` of a line is analysed on that line (:func:`straightened`):
+    the rigid-body analysis keeps a third rotation for any residual bend, which would turn a bending
+    mode into a rotation about the axis and take ~R·ln of the rotational partition function off S.
+
     Raises:
         ValueError: the Hessian's shape does not fit the atoms; ImportError: PySCF (symmetry number) missing.
     """
     from hip.vibrations import thermochemistry
 
+    atoms = straightened(atoms) or atoms
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # ASE: "1 imag modes removed"
         thermo = thermochemistry(hessian, atoms, temperature, pressure, potential_energy=float(energy))

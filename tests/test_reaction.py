@@ -20,7 +20,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from hip.kinetics import eyring_rate, is_transition_state, wigner_kappa
+from hip.kinetics import eyring_rate, is_transition_state, stationary_point, wigner_kappa
 from hip.reaction import (
     STAGES,
     ReactionSettings,
@@ -28,6 +28,7 @@ from hip.reaction import (
     check_reaction_pair,
     find_reaction,
 )
+from hip.vibrations import thermochemistry
 
 K, R0, H, C, W = 30.0, 1.2, 0.5, 1.6, 0.3  # eV/Å², Å, eV, Å, Å
 T = 298.15
@@ -199,6 +200,28 @@ def test_eyring_and_wigner_against_constants():
     assert wigner_kappa(-1500.0, T) == pytest.approx(1 + x**2 / 24, rel=1e-6) == wigner_kappa(1500.0, T)
     with pytest.raises(ValueError, match="temperature"):
         wigner_kappa(1000.0, 0.0)
+
+
+def test_a_nearly_linear_molecule_is_analysed_as_linear():
+    """A bend of 2e-3 Å (what an optimiser leaves) must not turn a bending mode into a third rotation."""
+
+    def energy(x):  # bond springs and a harmonic bend, 1 + cos θ ≈ (π − θ)²/2, about the line
+        p = x.reshape(3, 3)
+        u, v = p[0] - p[1], p[2] - p[1]
+        cos = (u @ v) / (u.norm() * v.norm())
+        return 15.0 * ((u.norm() - 1.07) ** 2 + (v.norm() - 1.16) ** 2) + 2.0 * (1 + cos)
+
+    linear = Atoms("HCN", positions=[[0, 0, -1.07], [0, 0, 0], [0, 0, 1.16]])
+    bent = linear.copy()
+    bent.positions[1, 0] = 2e-3
+    hessian = {name: torch.autograd.functional.hessian(energy, torch.tensor(a.positions.reshape(-1))).numpy()
+               for name, a in (("linear", linear), ("bent", bent))}
+    exact, nearly = stationary_point(linear, hessian["linear"], 0.0, T), stationary_point(bent, hessian["bent"], 0.0, T)
+    assert exact.thermo.geometry == nearly.thermo.geometry == "linear"
+    assert nearly.thermo.entropy == pytest.approx(exact.thermo.entropy, rel=1e-4)
+    assert len(nearly.thermo.frequencies) == 4
+    raw = thermochemistry(hessian["bent"], bent, T)  # without straightening: three rotations, a bend lost
+    assert raw.geometry == "nonlinear" and raw.entropy < exact.thermo.entropy - 1e-4
 
 
 # ---- HCN ⇌ HNC (with DFT end to end in tests/test_react_script.py) ----------------------------------------
