@@ -215,8 +215,9 @@ def plot_profile(result, path: Path) -> bool:
     for i, label in ((0, ends[0]), (top, "TS" if along_irc else "highest image"), (len(x) - 1, ends[1])):
         ax.plot(x[i], energy[i], "o", ms=8, color="C3")
         ax.annotate(label, (x[i], energy[i]), textcoords="offset points", xytext=(0, 8), ha="center")
-    lines = [f"ΔE‡ {way} {barrier:.3f} eV ({barrier * EV_TO_KJ_PER_MOL:.1f} kJ/mol)"
-             for way, barrier in (("forward", energy[top]), ("reverse", energy[top] - energy[-1]))]
+    labels = ("ΔE‡ forward", "ΔE‡ reverse") if along_irc else ("highest image − reactant", "highest image − product")
+    lines = [f"{label} {barrier:.3f} eV ({barrier * EV_TO_KJ_PER_MOL:.1f} kJ/mol)"
+             for label, barrier in zip(labels, (energy[top], energy[top] - energy[-1]), strict=True)]
     if result.energetics is not None:
         e = result.energetics
         lines.append(f"ΔG‡({e.temperature:g} K) forward {e.gibbs_barrier_forward:.3f} eV, reverse "
