@@ -123,9 +123,10 @@ def run(cfg: DictConfig) -> Path:
                            progress=lambda name, r: print(f"{name:<16} {'yes' if r.success else 'NO':<4} {r.steps:>5} "
                                                           f"{r.seconds:>9.1f}  {r.error}", flush=True))
     summary = result.as_dict()
-    summary["settings"] = {k: OmegaConf.to_container(cfg)[k] for k in
-                           ("reactant", "product", "calculator", "ckpt_path", "hessian", "temperature", "pressure",
-                            "dft", "dft_verify", "reaction")}
+    keys = ("reactant", "product", "calculator", "ckpt_path", "hessian", "temperature", "pressure", "dft",
+            "dft_verify", "reaction")
+    summary["settings"] = {k: OmegaConf.to_container(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
+                           for k in keys}
     (out_dir / "result.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     written = ["result.json", *write_structures(result, out_dir, cfg.write_modes)]
     if plot_profile(result, out_dir / "profile.png"):
@@ -208,7 +209,7 @@ def plot_profile(result, path: Path) -> bool:
     top = result.irc_ts_index if along_irc else int(np.argmax(energy))
     known = not along_irc or result.stages.get("intended", StageRecord()).success  # which end is which
     ends = ("reactant", "product") if known else ("reverse end", "forward end")
-    fig = Figure(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(x, energy, "o-", ms=3, color="C0")
@@ -222,13 +223,13 @@ def plot_profile(result, path: Path) -> bool:
         e = result.energetics
         lines.append(f"ΔG‡({e.temperature:g} K) forward {e.gibbs_barrier_forward:.3f} eV, reverse "
                      f"{e.gibbs_barrier_reverse:.3f} eV; ν‡ = {e.imaginary_frequency_cm1:.0f} cm⁻¹")
-    ax.text(0.02, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8)
+    fig.text(0.02, 0.02, "\n".join(lines), va="bottom", fontsize=8)
     ax.margins(y=0.15)
     ax.set_xlabel("distance along the " + ("IRC" if along_irc else "path") + " [Å·√amu]")
     ax.set_ylabel(f"E − E({ends[0]}) [eV]")
     title = result.reactant.get_chemical_formula() + ("" if along_irc else f" (no IRC: {result.failed_stage} failed)")
     ax.set_title(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 * (len(lines) + 1), 1, 1))
     fig.savefig(path, dpi=150)
     return True
 

@@ -116,6 +116,7 @@ def test_a_tiny_model_runs_to_the_end_and_writes_result_json(tmp_path, tiny_chec
         assert list(stages)[-1] == failed
     for name in stages:
         assert name in printed
+    assert result["settings"]["ckpt_path"] == str(tiny_checkpoint)
     assert (out / "profile.png").exists() == bool(result["stages"].get("path", {}).get("success"))
 
 
