@@ -8,7 +8,8 @@ with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or fi
     path                            geodesic interpolation (PyPI geodesic-interpolate, Zhu et al. 2019)
                                     or, optionally, ASE's climbing-image NEB on the calculator's forces
     ts_search                       RS-P-RFO (Sella order=1, internal coordinates) from the highest image,
-                                    a Hessian every step or only at the start (then TS-BFGS updates)
+                                    a Hessian every step or only at the start (then TS-BFGS updates); a
+                                    Sella run that stalls in internal coordinates goes on in Cartesians
     ts_success                      exactly one imaginary mode, below −10 cm⁻¹ (ReactBench's rule)
     irc                             Sella's IRC both ways from the TS, both ends relaxed
     intended                        one IRC end is the reactant and the other the product
