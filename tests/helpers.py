@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lmdb
 import torch
+from ase import Atoms
 from ase.build import molecule
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -105,3 +106,9 @@ def authors_config(model: HIPEquiformerV2) -> dict:
     config["lmax_list"], config["mmax_list"] = [config.pop("lmax")], [config.pop("mmax")]
     config["avg_num_nodes"] = config.pop("energy_normalizer")
     return {"name": "EquiformerV2", **config}
+
+
+def hcn_and_hnc() -> tuple[Atoms, Atoms]:
+    """HCN and HNC, linear, atoms in the order H, C, N."""
+    return (Atoms("HCN", positions=[[0, 0, -1.07], [0, 0, 0], [0, 0, 1.16]]),
+            Atoms("HCN", positions=[[0, 0, 2.17], [0, 0, 0], [0, 0, 1.17]]))

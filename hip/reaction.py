@@ -1,0 +1,451 @@
+"""From a reactant and a product to a verified transition state, its barriers and its rate (paper §4, Fig. 4).
+
+The paper's Fig. 4 pipeline with the stages ReactBench (the authors' benchmark) records, for any ASE calculator
+with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or finite-difference Hessians;
+:func:`dft_calculator`: PySCF at HORM's level; an analytic surface)::
+
+    relax_reactant, relax_product   RS-RFO to minima with the same calculator (skipped: relax_endpoints=False)
+    path                            geodesic interpolation (PyPI geodesic-interpolate, Zhu et al. 2019)
+                                    or, optionally, ASE's climbing-image NEB on the calculator's forces
+    ts_search                       RS-P-RFO (Sella order=1, internal coordinates) from the highest image,
+                                    a Hessian every step or only at the start (then TS-BFGS updates); a
+                                    Sella run that stalls in internal coordinates goes on in Cartesians
+    ts_success                      exactly one imaginary mode, below −10 cm⁻¹ (ReactBench's rule)
+    irc                             Sella's IRC both ways from the TS, both ends relaxed
+    intended                        one IRC end is the reactant and the other the product
+    thermochemistry                 RRHO at the stationary points → ΔE‡, ΔH‡, ΔG‡, k(T) (:mod:`hip.kinetics`)
+
+The authors' protocol grows the path with pysisyphus' growing string (driven by ReactBench); that has
+no maintained PyPI release, so the path here is the geodesic interpolation their README recommends to
+users. Every stage is recorded in :class:`StageRecord` (success, steps, seconds, error); the first
+failed stage ends the run with its reason (any exception inside a stage is recorded, not raised).
+
+Units: positions Å, energies eV, forces eV/Å, Hessians eV/Å², frequencies cm⁻¹, temperature K.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partialmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from hip import kinetics
+from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
+from hip.irc import aligned_rmsd, irc_verify
+from hip.optimize import OptimizerSpec, WorkEnergy, optimize
+
+#: An IRC end is the reactant (product) if it has the same bonds and an aligned RMSD below this, Å:
+#: loose enough for soft modes (methyl rotations, floppy angles) that relax differently, while the
+#: bonds decide the chemistry.
+INTENDED_RMSD_TOLERANCE = 0.3
+#: Bonds are pairs closer than this × the sum of covalent radii: real bonds exceed that sum by a few
+#: per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
+BOND_SCALE = 1.2
+#: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
+IDENTICAL_RMSD = 0.05
+#: The order of the pipeline's stages (``dft_verify`` is an optional check after them).
+STAGES = ("relax_reactant", "relax_product", "path", "ts_search", "ts_success", "irc", "intended",
+          "thermochemistry")
+
+
+def dft_calculator(**label_kwargs) -> Calculator:
+    """An ASE calculator with ``get_hessian``: PySCF RKS at HORM's ωB97X/6-31G(d) unless ``label_kwargs``
+    (``basis``, ``xc``, ``conv_tol``, ``grid_level``; :func:`hip.dft.label_molecule`) say otherwise."""
+    from hip.dft import DFTCalculator  # PySCF: imported only when DFT is asked for
+
+    return DFTCalculator(**label_kwargs)
+
+
+def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
+    """Atom pairs (i < j) closer than :data:`BOND_SCALE` × the sum of their covalent radii
+    (``ase.neighborlist.natural_cutoffs``, ASE's covalent radii)."""
+    from ase.neighborlist import natural_cutoffs
+
+    radii = np.asarray(natural_cutoffs(atoms, mult=BOND_SCALE))
+    close = atoms.get_all_distances() < radii[:, None] + radii[None, :]
+    return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
+
+
+def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, float]:
+    """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms."""
+    rmsd = aligned_rmsd(a, b)
+    return bonds(a) == bonds(b) and rmsd < rmsd_tolerance, rmsd
+
+
+def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "reactant",
+                        product_name: str = "product") -> None:
+    """Refuse a reactant and product that are not the same atoms in the same order, or the same structure.
+
+    Raises:
+        ValueError: naming both inputs: different atom counts; the first index whose element differs
+            (field ``numbers``); the same bonds and an aligned RMSD below :data:`IDENTICAL_RMSD`.
+    """
+    if len(reactant) != len(product):
+        raise ValueError(f"{product_name} has {len(product)} atoms and {reactant_name} {len(reactant)}: give the "
+                         "same atoms in the same order")
+    differ = np.nonzero(reactant.numbers != product.numbers)[0]
+    if len(differ):
+        i = int(differ[0])
+        raise ValueError(f"{product_name}: atom {i} is {product.get_chemical_symbols()[i]} but {reactant_name} has "
+                         f"{reactant.get_chemical_symbols()[i]} there (field 'numbers'): give the same atoms in the "
+                         "same order")
+    same, rmsd = same_structure(reactant, product, IDENTICAL_RMSD)
+    if same:
+        raise ValueError(f"{reactant_name} and {product_name} are the same structure (same bonds, aligned RMSD "
+                         f"{rmsd:.3f} Å): nothing to react")
+
+
+@dataclass
+class ReactionSettings:
+    """How :func:`find_reaction` runs: ``relax_endpoints`` (RS-RFO, ``relax_steps``); ``path`` ``"geodesic"``
+    or ``"neb"`` (climbing-image NEB from the geodesic path, ASE's FIRE to ``neb_fmax`` eV/Å in ``neb_steps``)
+    with ``images`` images, end points included; ``hessian_every_step`` (else one Hessian at the start and
+    Sella's TS-BFGS updates); ``internal`` (Sella's redundant internal coordinates, the authors' choice);
+    ``criteria`` (Gaussian's, paper Table 13) and the budgets ``relax_steps``, ``ts_steps``; ``irc_steps``
+    of ``irc_dx`` Å·√amu per direction (the authors' 125 × 0.1); ``energy`` that Sella's trust radius sees
+    (``"model"``, the authors' choice, or ``"work"``: :class:`hip.optimize.WorkEnergy`); ``temperature`` K
+    and ``pressure`` Pa; ``intended_rmsd`` Å; ``dft_verify``: ``label_molecule`` keyword arguments to
+    recompute the found TS with DFT (frequencies, force RMS; paper A.6.2), or None."""
+
+    relax_endpoints: bool = True
+    path: str = "geodesic"
+    images: int = 11
+    neb_fmax: float = 0.05
+    neb_steps: int = 300
+    hessian_every_step: bool = True
+    internal: bool = True
+    criteria: ConvergenceCriteria = GAUSSIAN_CRITERIA["default"]
+    relax_steps: int = 150
+    ts_steps: int = 100
+    irc_steps: int = 125
+    irc_dx: float = 0.1
+    energy: str = "model"
+    temperature: float = 298.15
+    pressure: float = 101325.0
+    intended_rmsd: float = INTENDED_RMSD_TOLERANCE
+    dft_verify: dict[str, Any] | None = None
+
+    PATHS: ClassVar[tuple[str, ...]] = ("geodesic", "neb")
+
+    def __post_init__(self):
+        for name, value, allowed in (("path", self.path, self.PATHS), ("energy", self.energy, ("model", "work"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.images < 3:
+            raise ValueError(f"images must be ≥ 3 (two end points and one inner image), got {self.images}")
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: ``success``, ``steps`` (optimiser steps, images, frames), wall ``seconds``,
+    ``error`` (``"Type: message"`` or why it failed, ``""`` on success) and stage-specific ``details``."""
+
+    success: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReactionResult:
+    """What :func:`find_reaction` found (None/empty from the failed stage on): ``stages`` (name →
+    :class:`StageRecord`, in order); the (relaxed) ``reactant`` and ``product`` (aligned onto it), the
+    ``path`` images, the ``ts`` (each Atoms with its energy, positions Å); ``ts_hessian`` (3N, 3N) eV/Å² and
+    ``ts_frequencies`` [3N − 6 or 5] cm⁻¹; ``irc``: the geometries the IRC and the end-point relaxations
+    computed, kept where they move further from the TS, ordered reactant → TS (``irc[irc_ts_index]``) →
+    product once ``intended`` knows which end is which (else reverse → TS → forward); ``energetics``."""
+
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    reactant: Atoms | None = None
+    product: Atoms | None = None
+    path: list[Atoms] = field(default_factory=list)
+    ts: Atoms | None = None
+    ts_hessian: np.ndarray | None = None
+    ts_frequencies: np.ndarray | None = None
+    irc: list[Atoms] = field(default_factory=list)
+    irc_ts_index: int = 0
+    energetics: kinetics.Energetics | None = None
+
+    @property
+    def failed_stage(self) -> str | None:
+        """The first stage that failed, or None."""
+        return next((name for name, record in self.stages.items() if not record.success), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary: ``stages`` (each a :class:`StageRecord` dict), ``failed_stage``,
+        ``imaginary_frequency_cm1`` and the :meth:`hip.kinetics.Energetics.as_dict` keys (None if not reached)."""
+        out: dict[str, Any] = {"stages": {k: asdict(v) for k, v in self.stages.items()},
+                               "failed_stage": self.failed_stage, **kinetics.Energetics.empty_dict()}
+        if self.energetics is not None:
+            out.update(self.energetics.as_dict())
+        elif self.ts_frequencies is not None and len(self.ts_frequencies) and self.ts_frequencies[0] < 0:
+            out["imaginary_frequency_cm1"] = float(self.ts_frequencies[0])
+        return out
+
+
+class _Recorder(Calculator):
+    """Passes ``inner``'s energy and forces through and keeps every geometry with ``base``'s energy."""
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
+
+    def __init__(self, inner: Calculator, base: Calculator):
+        super().__init__()
+        self.inner, self.base, self.frames = inner, base, []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        forces = self.inner.get_forces(self.atoms)
+        self.results = {"energy": float(self.inner.get_potential_energy(self.atoms)), "forces": forces}
+        self.frames.append(_with_energy(self.atoms, self.base.get_potential_energy(self.atoms), forces))
+
+
+def _with_energy(atoms: Atoms, energy: float, forces: np.ndarray | None = None) -> Atoms:
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    out.calc = SinglePointCalculator(out, energy=float(energy), forces=forces)
+    return out
+
+
+def _branch(frames: list[Atoms], ts: Atoms, end: Atoms, spacing: float = 0.01) -> list[Atoms]:
+    """``frames`` kept where their mass-weighted distance from ``ts`` grows by ``spacing`` (Å·√amu) and
+    stays below that of ``end``, then ``end``."""
+    sqrt_m = np.sqrt(ts.get_masses())[:, None]
+    distance = [float(np.linalg.norm(sqrt_m * (a.positions - ts.positions))) for a in [*frames, end]]
+    kept, farthest = [], 0.0
+    for frame, d in zip(frames, distance, strict=False):
+        if farthest + spacing < d < distance[-1] - spacing:
+            kept.append(frame)
+            farthest = d
+    return [*kept, end]
+
+
+class _Pipeline:
+    def __init__(self, reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings):
+        self.calc, self.settings = calculator, settings
+        self.result = ReactionResult(reactant=reactant.copy(), product=product.copy())
+        self.irc_ends: list[Atoms] = []
+
+    def hessian(self, atoms: Atoms) -> np.ndarray:
+        return np.asarray(self.calc.get_hessian(atoms), dtype=np.float64)
+
+    def attach(self, atoms: Atoms) -> Atoms:
+        out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+        out.calc = WorkEnergy(self.calc) if self.settings.energy == "work" else self.calc
+        return out
+
+    def sella(self, atoms: Atoms, order: int, steps: int, record: StageRecord) -> Atoms:
+        """Sella from ``atoms``; a run in internal coordinates that stalls without converging (Sella's linear
+        angles near a linear molecule) is continued in Cartesians with a fresh budget, and says so."""
+        # the Hessian source is self.hessian; "hip" only satisfies OptimizerSpec's check
+        spec = OptimizerSpec("reaction", "RS-P-RFO" if order else "RS-RFO", "sella", "hip",
+                             self.settings.hessian_every_step)
+        atoms = self.attach(atoms)
+        coordinates = ["internal"] if self.settings.internal else ["cartesian"]
+        run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, self.settings.internal)
+        record.steps, calls = run.steps, run.hessian_calls
+        if self.settings.internal and not run.converged and not run.error:
+            coordinates.append("cartesian")
+            run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, False)
+            record.steps, calls = record.steps + run.steps, calls + run.hessian_calls
+        record.success, record.error = run.converged, run.error
+        record.details.update(energy=run.energy, max_force_Ha_per_Bohr=run.max_force, hessian_calls=calls,
+                              coordinates=coordinates)
+        if not run.converged and not run.error:
+            record.error = f"not converged in {record.steps} steps (max force {run.max_force:.2e} Ha/Bohr)"
+        return _with_energy(atoms, self.calc.get_potential_energy(atoms))
+
+    # ---- stages --------------------------------------------------------------------------------------
+    def _relax(self, which: str, record: StageRecord) -> None:
+        atoms = getattr(self.result, which)
+        if self.settings.relax_endpoints:
+            setattr(self.result, which, self.sella(atoms, 0, self.settings.relax_steps, record))
+        else:
+            record.success, record.details["skipped"] = True, True
+            setattr(self.result, which, _with_energy(atoms, self.calc.get_potential_energy(atoms)))
+        same, rmsd = same_structure(self.result.reactant, self.result.product, IDENTICAL_RMSD)
+        if which == "product" and record.success and same:
+            record.success = False
+            record.error = f"reactant and product relaxed to the same minimum (aligned RMSD {rmsd:.3f} Å)"
+
+    relax_reactant = partialmethod(_relax, "reactant")
+    relax_product = partialmethod(_relax, "product")
+
+    def path(self, record: StageRecord) -> None:
+        from ase.build import minimize_rotation_and_translation
+        from geodesic_interpolate import Geodesic, redistribute
+
+        reactant, product = self.result.reactant, self.result.product
+        energy = product.get_potential_energy()
+        minimize_rotation_and_translation(reactant, product)
+        self.result.product = product = _with_energy(product, energy)
+        symbols = reactant.get_chemical_symbols()
+        quiet = logging.getLogger("geodesic_interpolate")
+        level, quiet.level = quiet.level, logging.WARNING
+        try:  # the package's command-line defaults: tolerance 2e-3, 15 iterations, Morse scaling 1.7
+            raw = redistribute(symbols, [reactant.positions, product.positions], self.settings.images, tol=1e-2)
+            smoother = Geodesic(symbols, raw, 1.7, threshold=3.0, friction=1e-2, log_level=logging.DEBUG)
+            positions = smoother.smooth(tol=2e-3, max_iter=15, log_level=logging.DEBUG)
+        finally:
+            quiet.level = level
+        images = [Atoms(numbers=reactant.numbers, positions=p) for p in positions]
+        record.steps = len(images)
+        if self.settings.path == "neb":
+            images = self._neb(images, record)
+        else:
+            record.success = True
+        self.result.path = [_with_energy(a, self.calc.get_potential_energy(a)) for a in images]
+        energies = [a.get_potential_energy() for a in self.result.path]
+        record.details.update(method=self.settings.path, energies=energies,
+                              highest_image=1 + int(np.argmax(energies[1:-1])))
+
+    def _neb(self, images: list[Atoms], record: StageRecord) -> list[Atoms]:
+        from ase.mep import NEB
+        from ase.optimize import FIRE
+
+        for image in images:
+            image.calc = self.calc
+        neb = NEB(images, climb=True, method="improvedtangent", allow_shared_calculator=True)
+        optimizer = FIRE(neb, logfile=None)
+        record.success = bool(optimizer.run(fmax=self.settings.neb_fmax, steps=self.settings.neb_steps))
+        record.steps = optimizer.nsteps
+        if not record.success:
+            record.error = f"climbing-image NEB not converged in {self.settings.neb_steps} steps"
+        return images
+
+    def ts_search(self, record: StageRecord) -> None:
+        index = self.result.stages["path"].details["highest_image"]
+        record.details["start_image"] = index
+        self.result.ts = self.sella(self.result.path[index], 1, self.settings.ts_steps, record)
+
+    def ts_success(self, record: StageRecord) -> None:
+        from hip.vibrations import vibrational_analysis
+
+        ts, hessian = self.result.ts, self.hessian(self.result.ts)
+        self.result.ts_hessian = hessian = 0.5 * (hessian + hessian.T)
+        nu = vibrational_analysis(hessian, ts.positions, ts.numbers, ts.get_masses()).frequencies.numpy()
+        self.result.ts_frequencies, record.success = nu, kinetics.is_transition_state(nu)
+        threshold = kinetics.TS_IMAGINARY_THRESHOLD_CM1
+        n_imaginary = int((nu < -threshold).sum())
+        record.details.update(n_imaginary=n_imaginary, lowest_frequencies_cm1=nu[:4].tolist())
+        if not record.success:
+            record.error = (f"{n_imaginary} modes below −{threshold:g} cm⁻¹ (a TS has exactly one); "
+                            f"lowest {np.round(nu[:3], 1).tolist()} cm⁻¹")
+
+    def irc(self, record: StageRecord) -> None:
+        s, ts = self.settings, self.result.ts
+        recorders: list[_Recorder] = []
+
+        def make_calculator() -> Calculator:
+            recorders.append(_Recorder(WorkEnergy(self.calc) if s.energy == "work" else self.calc, self.calc))
+            return recorders[-1]
+
+        with np.errstate(divide="ignore", invalid="ignore"):  # Sella's inner loop at an exact minimum
+            check = irc_verify(ts, make_calculator, self.hessian, s.criteria, s.irc_steps, s.irc_dx, s.relax_steps)
+        record.details.update(endpoint_converged=check.endpoint_converged, two_distinct_minima=check.verified,
+                              endpoint_negative_modes=check.endpoint_negative_modes, endpoint_rmsd=check.rmsd)
+        record.error, record.success = check.error, not check.error and all(check.endpoint_converged)
+        record.success = record.success and len(check.endpoints) == 2
+        if len(check.endpoints) == 2:
+            ends = [_with_energy(end, self.calc.get_potential_energy(end)) for end in check.endpoints]
+            forward = _branch(recorders[0].frames + recorders[1].frames, ts, ends[0])
+            reverse = _branch(recorders[2].frames + recorders[3].frames, ts, ends[1])
+            self.result.irc, self.result.irc_ts_index = [*reverse[::-1], ts, *forward], len(reverse)
+            self.irc_ends = ends
+            record.steps = len(self.result.irc)
+        if not record.success and not record.error:
+            record.error = f"end-point relaxations converged: {check.endpoint_converged}"
+
+    def intended(self, record: StageRecord) -> None:
+        references = {"reactant": self.result.reactant, "product": self.result.product}
+        matches = []
+        for direction, end in zip(("forward", "reverse"), self.irc_ends, strict=True):
+            found = {name: same_structure(end, ref, self.settings.intended_rmsd) for name, ref in references.items()}
+            record.details[direction] = {name: {"same_bonds": bonds(end) == bonds(ref), "rmsd": found[name][1]}
+                                         for name, ref in references.items()}
+            candidates = sorted((rmsd, name) for name, (same, rmsd) in found.items() if same)
+            matches.append(candidates[0][1] if candidates else None)
+        record.details["matches"] = matches
+        record.success = sorted(m or "" for m in matches) == ["product", "reactant"]
+        if record.success and matches[0] == "reactant":  # order the IRC reactant → TS → product
+            self.result.irc = self.result.irc[::-1]
+            self.result.irc_ts_index = len(self.result.irc) - 1 - self.result.irc_ts_index
+        if not record.success:
+            record.error = (f"IRC ends match {matches} (forward, reverse), not the reactant and the product "
+                            f"(same bonds and aligned RMSD < {self.settings.intended_rmsd} Å)")
+
+    def thermochemistry(self, record: StageRecord) -> None:
+        s, points = self.settings, {}
+        for name in ("reactant", "ts", "product"):
+            atoms = getattr(self.result, name)
+            hessian = self.result.ts_hessian if name == "ts" else self.hessian(atoms)
+            energy = atoms.get_potential_energy()
+            points[name] = kinetics.stationary_point(atoms, hessian, energy, s.temperature, s.pressure)
+            record.details[name] = points[name].summary()
+        self.result.energetics = kinetics.reaction_energetics(points["reactant"], points["ts"], points["product"],
+                                                     float(self.result.ts_frequencies[0]), s.temperature)
+        record.success = True
+
+    def dft_verify(self, record: StageRecord) -> None:
+        from hip.dft import dft_verify
+
+        check = dft_verify(self.result.ts, **self.settings.dft_verify)
+        if check.error:
+            record.error = check.error
+            return
+        rms, one_mode = check.force_rms, kinetics.is_transition_state(check.lowest_frequencies)
+        record.details.update({"lowest_frequencies_cm1": check.lowest_frequencies, "one_imaginary_mode": one_mode,
+                               "force_rms_Ha_per_Bohr": rms, "force_rms_below_2e-3": rms < 2e-3,
+                               "force_rms_below_3e-3": rms < 3e-3, "seconds_dft": check.wall_time})
+        record.success = one_mode and rms < 2e-3
+        if not record.success:
+            record.error = f"DFT: one imaginary mode {one_mode}, force RMS {rms:.2e} Ha/Bohr (paper: < 2e-3)"
+
+
+def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings | None = None,
+                  progress: Callable[[str, StageRecord], None] | None = None) -> ReactionResult:
+    """Run the pipeline of the module docstring from ``reactant`` to ``product`` with ``calculator``.
+
+    Args:
+        reactant, product: the same atoms in the same order (positions Å; not changed).
+        calculator: an ASE calculator with ``get_hessian(atoms)`` → (3N, 3N) eV/Å².
+        settings: :class:`ReactionSettings` (default: its defaults).
+        progress: called with (stage name, record) after each stage.
+
+    Returns:
+        :class:`ReactionResult`; the run stops at the first stage that fails (its record says why);
+        ``dft_verify`` (if set) runs whenever ``ts_success`` passed.
+
+    Raises:
+        ValueError: see :func:`check_reaction_pair` (before any calculation).
+    """
+    check_reaction_pair(reactant, product)
+    settings = settings or ReactionSettings()
+    pipeline = _Pipeline(reactant, product, calculator, settings)
+    stages = pipeline.result.stages
+    for name in STAGES:
+        if not _run_stage(pipeline, name, progress):
+            break
+    if settings.dft_verify is not None and stages.get("ts_success", StageRecord()).success:
+        _run_stage(pipeline, "dft_verify", progress)
+    return pipeline.result
+
+
+def _run_stage(pipeline: _Pipeline, name: str, progress: Callable[[str, StageRecord], None] | None) -> bool:
+    pipeline.result.stages[name] = record = StageRecord()
+    start = time.perf_counter()
+    try:
+        getattr(pipeline, name)(record)
+    except Exception as e:  # a stage's failure is a result (bad geometry, SCF, model), never a traceback
+        record.success, record.error = False, f"{type(e).__name__}: {e}"
+    record.seconds = time.perf_counter() - start
+    if progress is not None:
+        progress(name, record)
+    return record.success
