@@ -20,7 +20,7 @@ A bimolecular step A + B → TS‡ would need the partition functions of both re
 in M⁻¹ s⁻¹ with c° = 1 mol/L (ASE's thermochemistry is at a standard *pressure*, so ΔG‡ would also have
 to be converted from 1 atm to 1 M: ΔG‡(1 M) = ΔG‡(1 atm) − k_B·T·ln(c°·R·T/p°)). That is not done here.
 
-The TS success rule that licenses the formula (:func:`is_transition_state`: exactly one imaginary mode,
+The TS success rule that licenses the formula (:func:`hip.extrema.is_first_order_saddle`: exactly one imaginary mode,
 below −10 cm⁻¹, ReactBench's) is defined here once; :mod:`hip.reaction` applies it.
 
 Units: energies eV, temperature K, frequencies cm⁻¹ (negative for an imaginary mode), rates s⁻¹.
@@ -36,7 +36,7 @@ import ase.units
 import numpy as np
 from ase import Atoms
 
-from hip.vibrations import Thermochemistry, count_imaginary
+from hip.vibrations import Thermochemistry
 
 #: Planck's constant, eV·s.
 PLANCK_EV_S = ase.units._hplanck / ase.units._e
@@ -44,14 +44,6 @@ PLANCK_EV_S = ase.units._hplanck / ase.units._e
 EV_TO_KJ_PER_MOL = ase.units._e * ase.units._Nav / 1000.0
 #: Atoms within this distance (Å) of one line make a linear molecule in :func:`stationary_point`.
 LINEAR_TOLERANCE = 0.01
-#: ReactBench's TS success: exactly one mode below −this, cm⁻¹ (smaller ones are noise of flat modes).
-TS_IMAGINARY_THRESHOLD_CM1 = 10.0
-
-
-def is_transition_state(frequencies_cm1) -> bool:
-    """ReactBench's TS success: exactly one of ``frequencies_cm1`` ([M] cm⁻¹, negative = imaginary; at least
-    the two lowest) below −:data:`TS_IMAGINARY_THRESHOLD_CM1`."""
-    return count_imaginary(frequencies_cm1, TS_IMAGINARY_THRESHOLD_CM1) == 1
 
 
 def wigner_kappa(imaginary_frequency_cm1: float, temperature: float) -> float:

@@ -30,11 +30,8 @@ from typing import Any
 import torch
 
 from hip.data.graphs import split_hessian
+from hip.extrema import TABLE3_EIGENVALUE_THRESHOLD, count_imaginary, frequency_threshold
 from hip.vibrations import atomic_masses, vibrational_analysis
-
-#: Eigenvalues of the Eckart-projected mass-weighted Hessian below this count as negative, eV/(Å²·amu)
-#: (the HIP authors' ``analyze_frequencies`` threshold).
-NEGATIVE_EIGENVALUE_THRESHOLD = -1e-6
 
 #: Per-molecule metric key → column name (units in brackets) used by :func:`aggregate_metrics`.
 METRIC_COLUMNS: dict[str, str] = {
@@ -132,7 +129,7 @@ def molecule_metrics(
     true_energy: torch.Tensor | float | None = None,
     pred_forces: torch.Tensor | None = None,
     true_forces: torch.Tensor | None = None,
-    negative_eigenvalue_threshold: float = NEGATIVE_EIGENVALUE_THRESHOLD,
+    negative_eigenvalue_threshold: float = TABLE3_EIGENVALUE_THRESHOLD,
 ) -> dict[str, float]:
     """Hessian metrics of one molecule (paper Tables 1, 3, 6, 9). Computed in float64.
 
@@ -195,8 +192,9 @@ def molecule_metrics(
     modes = err.numel()
     out["v1_cos"] = abs_cosine(vib_p.eigenvectors[:, 0], vib_t.eigenvectors[:, 0]) if modes > 0 else math.nan
     out["v2_cos"] = abs_cosine(vib_p.eigenvectors[:, 1], vib_t.eigenvectors[:, 1]) if modes > 1 else math.nan
-    n_neg_pred = int((vib_p.eigenvalues < negative_eigenvalue_threshold).sum())
-    n_neg_true = int((vib_t.eigenvalues < negative_eigenvalue_threshold).sum())
+    threshold_cm1 = frequency_threshold(negative_eigenvalue_threshold)  # one rule: hip.extrema
+    n_neg_pred = count_imaginary(vib_p.frequencies, threshold_cm1)
+    n_neg_true = count_imaginary(vib_t.frequencies, threshold_cm1)
     out["n_neg_pred"] = float(n_neg_pred)
     out["n_neg_true"] = float(n_neg_true)
     out["same_extremum_type"] = float(n_neg_pred == n_neg_true)

@@ -53,8 +53,8 @@ def count_negative_modes(hessian: np.ndarray, atoms: Atoms) -> int:
     """Number of negative eigenvalues of the mass-weighted, Eckart-projected Hessian (paper §2.3, Table 3).
 
     0 is a minimum, 1 a first-order saddle (transition state). The threshold is ``eval.py``'s
-    (:data:`hip.metrics.NEGATIVE_EIGENVALUE_THRESHOLD`, −1e-6 eV/(Å²·amu)), so a molecule is classified
-    here exactly as in the Table 3 and Table 9 evaluation.
+    (:data:`hip.extrema.TABLE3_THRESHOLD_CM1`, eigenvalues below −1e-6 eV/(Å²·amu)), so a molecule is
+    classified here exactly as in the Table 3 and Table 9 evaluation.
 
     Args:
         hessian: (3N, 3N) Cartesian Hessian, eV/Å².
@@ -63,15 +63,11 @@ def count_negative_modes(hessian: np.ndarray, atoms: Atoms) -> int:
     Raises:
         ValueError: the Hessian's shape does not fit the atoms.
     """
+    from hip.extrema import TABLE3_THRESHOLD_CM1, count_imaginary
     from hip.vibrations import vibrational_analysis
 
-    return _count_negative(vibrational_analysis(hessian, atoms.positions, atoms.numbers))
-
-
-def _count_negative(modes) -> int:
-    from hip.metrics import NEGATIVE_EIGENVALUE_THRESHOLD
-
-    return int((modes.eigenvalues < NEGATIVE_EIGENVALUE_THRESHOLD).sum())
+    modes = vibrational_analysis(hessian, atoms.positions, atoms.numbers)
+    return count_imaginary(modes.frequencies, TABLE3_THRESHOLD_CM1)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import torch
 from ase import Atoms
 from torch.utils.data import DataLoader, IterableDataset
 
+from hip.extrema import PREDICT_THRESHOLD_CM1
 from hip.prediction_store import PredictionPart, done_batches, part_directory
 
 
@@ -62,7 +63,7 @@ class FramePrediction:
         n_imaginary: modes below ``−imaginary_threshold_cm1``.
         zpe: zero-point energy over the real modes, eV.
         extremum: ``minimum``, ``transition state``, ``saddle point of order k``
-            (:func:`hip.vibrations.extremum_type`; a single atom has no vibrational modes).
+            (:func:`hip.extrema.extremum_type`; a single atom has no vibrational modes).
         thermo: ``enthalpy_eV``, ``entropy_eV_per_K``, ``gibbs_energy_eV`` at the run's temperature and
             pressure, empty where they are not meaningful (see ``notes``).
         warnings: the calculator's applicability warnings (``"code: message"``).
@@ -172,9 +173,10 @@ def frame_loader(dataset: FrameBatches) -> DataLoader:
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """How each frame is analysed: imaginary-mode tolerance (cm⁻¹), temperature (K), pressure (Pa)."""
+    """How each frame is analysed: imaginary-mode tolerance (cm⁻¹, :mod:`hip.extrema`), temperature (K),
+    pressure (Pa)."""
 
-    imaginary_threshold_cm1: float = 0.0
+    imaginary_threshold_cm1: float = PREDICT_THRESHOLD_CM1
     temperature: float = 298.15
     pressure: float = 101325.0
 
@@ -200,7 +202,8 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
     why, for a frame with imaginary modes or one of the calculator's warnings in :data:`WITHHELD_BECAUSE`
     (not a stationary point, outside the training domain, ...): its numbers would look valid and are not.
     """
-    from hip.vibrations import count_imaginary, extremum_type, thermochemistry, vibrational_analysis
+    from hip.extrema import count_imaginary, extremum_type
+    from hip.vibrations import thermochemistry, vibrational_analysis
 
     hessian = np.asarray(result["hessian"])
     warnings_ = list(result.get("warnings", ()))

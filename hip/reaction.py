@@ -39,6 +39,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from hip import kinetics
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
+from hip.extrema import TS_THRESHOLD_CM1, count_imaginary, is_first_order_saddle
 from hip.irc import aligned_rmsd, irc_verify
 from hip.optimize import OptimizerSpec, WorkEnergy, optimize
 
@@ -331,9 +332,9 @@ class _Pipeline:
         ts, hessian = self.result.ts, self.hessian(self.result.ts)
         self.result.ts_hessian = hessian = 0.5 * (hessian + hessian.T)
         nu = vibrational_analysis(hessian, ts.positions, ts.numbers, ts.get_masses()).frequencies.numpy()
-        self.result.ts_frequencies, record.success = nu, kinetics.is_transition_state(nu)
-        threshold = kinetics.TS_IMAGINARY_THRESHOLD_CM1
-        n_imaginary = int((nu < -threshold).sum())
+        self.result.ts_frequencies, record.success = nu, is_first_order_saddle(nu)
+        threshold = TS_THRESHOLD_CM1
+        n_imaginary = count_imaginary(nu, threshold)
         record.details.update(n_imaginary=n_imaginary, lowest_frequencies_cm1=nu[:4].tolist())
         if not record.success:
             record.error = (f"{n_imaginary} modes below −{threshold:g} cm⁻¹ (a TS has exactly one); "
@@ -400,7 +401,7 @@ class _Pipeline:
         if check.error:
             record.error = check.error
             return
-        rms, one_mode = check.force_rms, kinetics.is_transition_state(check.lowest_frequencies)
+        rms, one_mode = check.force_rms, is_first_order_saddle(check.lowest_frequencies)
         record.details.update({"lowest_frequencies_cm1": check.lowest_frequencies, "one_imaginary_mode": one_mode,
                                "force_rms_Ha_per_Bohr": rms, "force_rms_below_2e-3": rms < 2e-3,
                                "force_rms_below_3e-3": rms < 3e-3, "seconds_dft": check.wall_time})

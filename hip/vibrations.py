@@ -207,7 +207,7 @@ def vibrational_analysis(
     Returns:
         :class:`VibrationalModes` (eigenvalues eV/(Å²·amu), mass-weighted eigenvectors, frequencies
         cm⁻¹ with negative values for imaginary modes), ascending; for one atom empty (eigenvectors
-        (3, 0)), see :data:`NO_VIBRATIONAL_MODES`.
+        (3, 0)), see :data:`hip.extrema.NO_VIBRATIONAL_MODES`.
     """
     pos = _f64(pos)
     m = _masses_for(z, masses, pos.device)
@@ -221,35 +221,7 @@ def vibrational_analysis(
     return VibrationalModes(evals, basis @ evecs, frequencies)
 
 
-# ---- downstream quantities: extremum type, ZPE, thermochemistry, viewable modes (paper §2, §4) -----------
-def count_imaginary(frequencies: _ArrayLike, threshold: float = 0.0) -> int:
-    """Number of imaginary modes: frequencies below ``-threshold`` cm⁻¹ (paper §2, extrema classification).
-
-    Args:
-        frequencies: [M] wavenumbers, cm⁻¹, negative for imaginary modes (:func:`vibrational_analysis`).
-        threshold: tolerance, cm⁻¹ (≥ 0); 0 counts every negative frequency.
-    """
-    return int((_f64(frequencies) < -threshold).sum())
-
-
-#: What :func:`extremum_type` says for a molecule without vibrational modes (a single atom: 3N − 3 = 0).
-NO_VIBRATIONAL_MODES = "no vibrational modes (a single atom)"
-
-
-def extremum_type(n_imaginary: int, n_modes: int | None = None) -> str:
-    """``"minimum"`` (no imaginary mode), ``"transition state"`` (one: a first-order saddle point) or
-    ``"saddle point of order k"`` (k ≥ 2), paper §2 and Table 3; :data:`NO_VIBRATIONAL_MODES` when the
-    number of vibrational modes ``n_modes`` is 0 (one atom). Raises ValueError: ``n_imaginary`` < 0
-    or above ``n_modes``."""
-    if n_modes == 0 and n_imaginary == 0:
-        return NO_VIBRATIONAL_MODES
-    if n_imaginary < 0:
-        raise ValueError(f"n_imaginary must be ≥ 0, got {n_imaginary}")
-    if n_modes is not None and n_imaginary > n_modes:
-        raise ValueError(f"n_imaginary = {n_imaginary} exceeds the {n_modes} vibrational modes")
-    return {0: "minimum", 1: "transition state"}.get(n_imaginary, f"saddle point of order {n_imaginary}")
-
-
+# ---- downstream quantities: ZPE, thermochemistry, viewable modes (paper §2, §4) ------------------------
 def zero_point_energy(
     hessian: _ArrayLike,
     pos: _ArrayLike,

@@ -19,6 +19,7 @@ from helpers import periodic_water
 from hydra import compose, initialize_config_dir
 
 from hip.calculator import HIPCalculator
+from hip.extrema import PREDICT_THRESHOLD_CM1
 from hip.prediction import iter_batches
 from hip.prediction_store import FREQUENCY_COLUMNS, SUMMARY_COLUMNS, read_manifest, read_predictions
 from hip.vibrations import vibrational_analysis
@@ -78,8 +79,8 @@ def test_predict_writes_frames_hessians_and_tables(tmp_path, tiny_checkpoint, me
         nu = vibrational_analysis(written.hessians[i], frame.positions, frame.numbers).frequencies.numpy()
         assert len(mine) == {0: 3, 1: 12, 2: 4}[i]  # 3N − 6, and 3N − 5 for linear HCN
         np.testing.assert_allclose([float(r["frequency_cm1"]) for r in mine], nu, atol=1e-3)
-        n_imaginary = int((nu < 0).sum())
-        assert [r["imaginary"] == "True" for r in mine] == (nu < 0).tolist()
+        n_imaginary = int((nu < -PREDICT_THRESHOLD_CM1).sum())  # predict.py's documented default, 10 cm⁻¹
+        assert [r["imaginary"] == "True" for r in mine] == (nu < -PREDICT_THRESHOLD_CM1).tolist()
         assert {int(r["n_imaginary"]) for r in mine} == {n_imaginary}
         zpe = 0.5 * nu[nu > 0].sum() * 1.239841984e-4  # h·c in eV·cm
         assert float(mine[0]["zpe_eV"]) == pytest.approx(zpe, abs=2e-6)

@@ -20,7 +20,8 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from hip.kinetics import eyring_rate, is_transition_state, stationary_point, wigner_kappa
+from hip.extrema import is_first_order_saddle
+from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.reaction import (
     STAGES,
     ReactionSettings,
@@ -186,9 +187,9 @@ def test_reaction_pairs_are_checked_and_the_message_names_what_differs():
 
 
 def test_ts_success_is_exactly_one_mode_below_minus_ten_wavenumbers():
-    assert is_transition_state([-500.0, -9.0, 30.0])
-    assert not is_transition_state([-500.0, -11.0, 30.0])
-    assert not is_transition_state([-9.0, 30.0])
+    assert is_first_order_saddle([-500.0, -9.0, 30.0])
+    assert not is_first_order_saddle([-500.0, -11.0, 30.0])
+    assert not is_first_order_saddle([-9.0, 30.0])
 
 
 def test_eyring_and_wigner_against_constants():

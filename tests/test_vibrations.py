@@ -294,7 +294,8 @@ def test_frequencies_zpe_and_imaginary_count_match_pyscf(shard):
 
     from pyscf.hessian import thermo
 
-    from hip.vibrations import count_imaginary, zero_point_energy
+    from hip.extrema import count_imaginary
+    from hip.vibrations import zero_point_energy
 
     if shard == "horm_sample" and not HORM_SAMPLE.exists():
         pytest.skip(f"{HORM_SAMPLE} not available")
@@ -308,7 +309,7 @@ def test_frequencies_zpe_and_imaginary_count_match_pyscf(shard):
         theirs = thermo.harmonic_analysis(mol, _pyscf_hessian(h, len(z)), imaginary_freq=False, mass=masses)
         ours = vibrational_analysis(h, pos, z, masses=masses).frequencies.numpy()
         worst_freq = max(worst_freq, np.abs(ours - np.sort(theirs["freq_wavenumber"])).max())
-        n_imaginary = count_imaginary(ours)
+        n_imaginary = count_imaginary(ours, 0.0)
         assert n_imaginary == theirs["freq_error"], where
         n_with_imaginary += n_imaginary > 0
         with warnings.catch_warnings(record=True) as caught:
@@ -372,12 +373,13 @@ def test_thermochemistry_of_a_saddle_point_leaves_imaginary_modes_out_loudly():
 
     from pyscf.hessian import thermo
 
-    from hip.vibrations import count_imaginary, extremum_type, thermochemistry
+    from hip.extrema import count_imaginary, extremum_type
+    from hip.vibrations import thermochemistry
 
     if not HORM_SAMPLE.exists():
         pytest.skip(f"{HORM_SAMPLE} not available")
     where, z, pos, h = next(m for m in _dft_hessians(HORM_SAMPLE)
-                            if count_imaginary(vibrational_analysis(m[3], m[2], m[1]).frequencies) == 1)
+                            if count_imaginary(vibrational_analysis(m[3], m[2], m[1]).frequencies, 0.0) == 1)
     mol = _pyscf_mol(z, pos)
     atoms = Atoms(numbers=z, positions=pos, masses=mol.atom_mass_list(isotope_avg=True))
     with pytest.warns(UserWarning, match="1 imag"):
@@ -410,7 +412,7 @@ def test_rotational_symmetry_numbers(name, sigma):
 
 
 def test_extremum_type():
-    from hip.vibrations import extremum_type
+    from hip.extrema import extremum_type
 
     assert [extremum_type(k) for k in range(3)] == ["minimum", "transition state", "saddle point of order 2"]
     with pytest.raises(ValueError, match="≥ 0"):
