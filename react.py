@@ -119,9 +119,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"{molecules['reactant'].get_chemical_formula()}: {cfg.reactant} → {cfg.product} with {cfg.calculator} "
           f"({level})")
     print(f"{'stage':<16} {'ok':<4} {'steps':>5} {'time [s]':>9}  note")
-    result = find_reaction(molecules["reactant"], molecules["product"], calc, settings,
-                           progress=lambda name, r: print(f"{name:<16} {'yes' if r.success else 'NO':<4} {r.steps:>5} "
-                                                          f"{r.seconds:>9.1f}  {r.error}", flush=True))
+    result = find_reaction(molecules["reactant"], molecules["product"], calc, settings, progress=print_stage)
     summary = result.as_dict()
     keys = ("reactant", "product", "calculator", "ckpt_path", "hessian", "temperature", "pressure", "dft",
             "dft_verify", "reaction")
@@ -166,6 +164,14 @@ def write_structures(result, out_dir: Path, write_modes: bool) -> list[str]:
         imaginary = result.ts_frequencies[0] < 0
         written.append("ts_modes/" + (" (mode_000.traj: the imaginary mode)" if imaginary else ""))
     return written
+
+
+def print_stage(name: str, record) -> None:
+    """One line of the stage table, and the model's applicability warnings at the stage's geometry."""
+    print(f"{name:<16} {'yes' if record.success else 'NO':<4} {record.steps:>5} {record.seconds:>9.1f}  {record.error}",
+          flush=True)
+    for warning in record.details.get("warnings", ()):
+        print(f"{'':<16} warning: {warning}", flush=True)
 
 
 def print_energetics(summary: dict, failed_stage: str | None) -> None:

@@ -261,7 +261,10 @@ class _Pipeline:
                               coordinates=coordinates)
         if not run.converged and not run.error:
             record.error = f"not converged in {record.steps} steps (max force {run.max_force:.2e} Ha/Bohr)"
-        return _with_energy(atoms, self.calc.get_potential_energy(atoms))
+        energy = self.calc.get_potential_energy(atoms)
+        if found := getattr(self.calc, "results", {}).get("warnings"):  # HIPCalculator: applicability warnings
+            record.details["warnings"] = list(found)
+        return _with_energy(atoms, energy)
 
     # ---- stages --------------------------------------------------------------------------------------
     def _relax(self, which: str, record: StageRecord) -> None:

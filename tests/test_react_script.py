@@ -116,6 +116,10 @@ def test_a_tiny_model_runs_to_the_end_and_writes_result_json(tmp_path, tiny_chec
     for name in stages:
         assert name in printed
     assert result["settings"]["ckpt_path"] == str(tiny_checkpoint)
+    # the model's applicability warnings at the relaxed reactant (a test checkpoint records no domain)
+    warnings = stages["relax_reactant"]["details"]["warnings"]
+    assert any(w.startswith("domain_unknown:") for w in warnings)
+    assert f"warning: {warnings[0]}" in printed
     assert (out / "profile.png").exists() == bool(result["stages"].get("path", {}).get("success"))
 
 
