@@ -47,7 +47,8 @@ def check_options(cfg: DictConfig) -> None:
         ValueError: ``eval.device`` unknown or absent (:func:`hip.device.resolve_device`);
             ``eval.batch_size`` or ``window`` not a positive integer; ``dtype`` not in
             :data:`hip.calculator.DTYPES`;
-            ``formats`` not a list of known names; temperature or pressure not positive.
+            ``formats`` not a list of known names; temperature or pressure not positive;
+            ``imaginary_threshold_cm1`` negative or not a number; ``seed`` not an integer.
     """
     from hip.calculator import DTYPES
     from hip.device import resolve_device
@@ -67,6 +68,11 @@ def check_options(cfg: DictConfig) -> None:
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"option {key}={value!r}: give a positive number")
+    value = cfg.imaginary_threshold_cm1
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"option imaginary_threshold_cm1={value!r}: give a number ≥ 0 (cm⁻¹)")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"option seed={cfg.seed!r}: give an integer")
 
 
 def settings(cfg: DictConfig) -> dict:
@@ -74,7 +80,10 @@ def settings(cfg: DictConfig) -> dict:
     keys = ("input", "ckpt_path", "hessian", "energy", "dtype", "seed", "window", "skip_invalid", "formats",
             "temperature", "pressure", "imaginary_threshold_cm1")
     chosen = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_list(cfg[k]) else cfg[k] for k in keys}
-    chosen["input"] = str(Path(cfg.input).resolve())
+    path = Path(cfg.input).resolve()
+    chosen["input"] = str(path)
+    stat = path.stat()  # an edited input is another run (its batches would no longer match the written ones)
+    chosen["input_size_bytes"], chosen["input_mtime_ns"] = stat.st_size, stat.st_mtime_ns
     chosen["batch_size"] = cfg.eval.batch_size  # batch numbers depend on it
     return chosen
 
@@ -122,6 +131,7 @@ def run(cfg: DictConfig) -> Path:
     accelerator = resolve_device(cfg.eval.device, "eval.device").type  # Lightning's name: cpu or cuda
     trainer = hydra.utils.instantiate(cfg.trainer, accelerator=accelerator, callbacks=[writer], _convert_="all")
     trainer.predict(module, dataloaders=frame_loader(dataset), return_predictions=False)
+    trainer.strategy.barrier()  # every process has written its last batch before rank 0 reports
     if trainer.global_rank == 0:
         report(out_dir, cfg)
     return out_dir

@@ -105,8 +105,6 @@ def read_frames_lazily(path: str | Path) -> Iterator[tuple[int, Atoms]]:
             yield read, atoms
             read += 1
     except Exception as e:  # ASE raises many types (XYZError, KeyError, StopIteration, UnknownFileTypeError...)
-        if isinstance(e, GeneratorExit):
-            raise
         raise ValueError(f"input {path} frame {read}: ASE cannot read it ({type(e).__name__}: {e})") from e
 
 
@@ -203,11 +201,15 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
     (not a stationary point, outside the training domain, ...): its numbers would look valid and are not.
     """
     from hip.extrema import count_imaginary, extremum_type
-    from hip.vibrations import thermochemistry, vibrational_analysis
+    from hip.vibrations import thermochemistry
 
     hessian = np.asarray(result["hessian"])
     warnings_ = list(result.get("warnings", ()))
-    frequencies = vibrational_analysis(hessian, atoms.positions, atoms.numbers, atoms.get_masses()).frequencies.numpy()
+    with warnings.catch_warnings():  # imaginary modes are reported in n_imaginary and the notes
+        warnings.simplefilter("ignore", UserWarning)
+        t = thermochemistry(hessian, atoms, settings.temperature, settings.pressure,
+                            potential_energy=float(result["energy"]))
+    frequencies = t.frequencies  # thermochemistry's vibrational analysis (atoms' masses): done once
     n_imaginary = count_imaginary(frequencies, settings.imaginary_threshold_cm1)
     extremum = extremum_type(n_imaginary, len(frequencies))
     notes = []
@@ -218,10 +220,6 @@ def analyse_frame(index: int, atoms: Atoms, result: Mapping[str, Any], settings:
         which = ", ".join(c for c in codes if WITHHELD_BECAUSE.get(c) == reason)
         notes.append(f"H, S, G not given: {reason} ({which})")
     thermo: dict[str, float] = {}
-    with warnings.catch_warnings():  # imaginary modes are reported in n_imaginary and the notes
-        warnings.simplefilter("ignore", UserWarning)
-        t = thermochemistry(hessian, atoms, settings.temperature, settings.pressure,
-                            potential_energy=float(result["energy"]))
     if not notes:
         thermo = {"enthalpy_eV": t.enthalpy, "entropy_eV_per_K": t.entropy, "gibbs_energy_eV": t.gibbs_energy}
     return FramePrediction(index, atoms, float(result["energy"]), np.asarray(result["forces"]), hessian, frequencies,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hip.formats import FORMATS as QC_FORMATS
 
 #: Columns of ``summary.csv`` (units in the names; empty H/S/G where ``notes`` says why).
 SUMMARY_COLUMNS = ("frame", "formula", "natoms", "energy_eV", "max_force_eV_per_A", "n_imaginary",
@@ -49,7 +52,7 @@ APPENDED = {"predictions.extxyz": None, "summary.csv": SUMMARY_COLUMNS, "frequen
 #: Extra outputs predict.py writes on request (``formats=[...]``): per frame ORCA ``.hess``, Gaussian
 #: ``.fchk``, Molden normal modes (:mod:`hip.formats`) and ``modes``, ASE-viewable modes
 #: (:func:`hip.vibrations.write_normal_modes`); ``lmdb``: all frames in one HORM-format shard.
-FORMATS = ("hess", "fchk", "molden", "modes", "lmdb")
+FORMATS = (*QC_FORMATS, "modes", "lmdb")
 MANIFEST = "manifest.jsonl"
 
 
@@ -132,6 +135,7 @@ class PredictionPart:
             if chunk.name not in kept:
                 chunk.unlink()
         _atomic_write_text(self.directory / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
+        self.frames_written = sum(len(e["frames"]) for e in entries)  # the next LMDB key
 
     def commit(self, batch_id: int, predictions: Sequence, skipped: Sequence[tuple[int, str]] = ()) -> None:
         """Write one batch: Hessian chunk and per-frame formats first, then the appended files, then its
@@ -160,7 +164,8 @@ class PredictionPart:
                 from hip.formats import write_formats
 
                 write_formats(self.directory / "formats", f"frame_{p.index}", files, p.atoms.numbers,
-                              p.atoms.positions, p.hessian, energy=p.energy, forces=p.forces)
+                              p.atoms.positions, p.hessian, energy=p.energy, forces=p.forces,
+                              masses=p.atoms.get_masses())
             if "modes" in self.formats and len(p.atoms) > 1:
                 from hip.vibrations import write_normal_modes
 
@@ -170,6 +175,7 @@ class PredictionPart:
             for p in predictions:
                 atoms = p.atoms.copy()
                 atoms.info.update(frame=p.index, n_imaginary=p.n_imaginary, extremum=p.extremum)
+                atoms.info.pop("hip_warnings", None)  # the calculator's list; written as one string, if any
                 if p.warnings:
                     atoms.info["hip_warnings"] = SEPARATOR.join(p.warnings)
                 atoms.calc = SinglePointCalculator(atoms, energy=p.energy, forces=p.forces)
@@ -197,19 +203,19 @@ class PredictionPart:
         entry = {"batch": batch_id, "frames": [p.index for p in predictions], "skipped": [i for i, _ in skipped],
                  "sizes": sizes}
         _fsync_append(self.directory / MANIFEST, lambda f: f.write(json.dumps(entry) + "\n"))
+        self.frames_written += len(predictions)
 
 
     def _write_lmdb(self, predictions: Sequence) -> None:
         """Append the batch to ``predictions.lmdb`` (one transaction), keys continuing after the frames of
         the batches in the manifest: a batch redone after a kill gets the same keys and, if its transaction
         had been committed before the kill, finds them present and leaves them (never duplicated)."""
-        from hip.constants import ATOM_REFERENCE_ENERGY_EV
         from hip.data.store import make_entry, write_entries
+        from hip.dft import reference_energy
 
-        first = sum(len(e["frames"]) for e in read_manifest(self.directory))
         entries = []
-        for key, p in enumerate(predictions, start=first):
-            reference = sum(ATOM_REFERENCE_ENERGY_EV[int(z)] for z in p.atoms.numbers)
+        for key, p in enumerate(predictions, start=self.frames_written):
+            reference = reference_energy(p.atoms.numbers)
             total, ae = (p.energy, p.energy - reference) if self.energy == "total" else (p.energy + reference, p.energy)
             entries.append((key, make_entry(p.atoms.numbers, p.atoms.positions, total, ae, p.forces, p.hessian,
                                             rxn=p.index)))
@@ -228,14 +234,22 @@ def summary_row(p) -> tuple:
 
 
 # ---- reading a run back as one -----------------------------------------------------------------------
+def written_text(part: Path, name: str) -> str:
+    """The part's appended file ``name`` up to the size its last manifest line records: what a reader may
+    trust (a batch cut off by a kill, or still being written by another process, is not there)."""
+    entries = read_manifest(part)
+    size = entries[-1]["sizes"].get(name, 0) if entries else 0
+    if not size:
+        return ""
+    with open(part / name, "rb") as f:
+        return f.read(size).decode()
+
+
 def iter_rows(output_dir: str | Path, name: str) -> Iterator[dict[str, str]]:
-    """The rows of CSV ``name`` (``summary.csv``, ``frequencies.csv``, ``skipped.csv``) of every part, part
-    by part (within a part in the order written: size-sorted batches)."""
+    """The rows of CSV ``name`` (``summary.csv``, ``frequencies.csv``, ``skipped.csv``) of every part's
+    written batches, part by part (within a part in the order written: size-sorted batches)."""
     for part in part_directories(output_dir):
-        path = part / name
-        if path.is_file():
-            with open(path, newline="") as f:
-                yield from csv.DictReader(f)
+        yield from csv.DictReader(io.StringIO(written_text(part, name), newline=""))
 
 
 def iter_hessians(output_dir: str | Path) -> Iterator[tuple[int, np.ndarray]]:
@@ -275,8 +289,8 @@ def read_predictions(output_dir: str | Path) -> Predictions:
     parts = part_directories(output_dir)
     if not parts:
         raise FileNotFoundError(f"{output_dir}: no predictions written here (no {MANIFEST})")
-    frames = [a for part in parts if (part / "predictions.extxyz").stat().st_size
-              for a in ase.io.read(part / "predictions.extxyz", index=":")]
+    texts = [written_text(part, "predictions.extxyz") for part in parts]
+    frames = [a for text in texts if text for a in ase.io.read(io.StringIO(text), index=":", format="extxyz")]
     by_frame = sorted(frames, key=lambda a: a.info["frame"])
     rows = sorted(iter_rows(output_dir, "summary.csv"), key=lambda r: int(r["frame"]))
     skipped = sorted(iter_rows(output_dir, "skipped.csv"), key=lambda r: int(r["frame"]))

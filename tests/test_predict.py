@@ -191,6 +191,9 @@ def test_command_line_errors_are_one_line(tmp_path, tiny_checkpoint):
         ((water, tiny_checkpoint, "dtype=float16"), "predict.py: option dtype='float16': choose one of"),
         ((water, tiny_checkpoint, "formats=[pdf]"), "predict.py: option formats="),
         ((water, tiny_checkpoint, "eval.device=gpu"), "predict.py: eval.device='gpu' is not a device: use 'cpu'"),
+        ((water, tiny_checkpoint, "imaginary_threshold_cm1=abc"), "predict.py: option imaginary_threshold_cm1='abc'"),
+        ((water, tiny_checkpoint, "imaginary_threshold_cm1=-1"), "predict.py: option imaginary_threshold_cm1=-1"),
+        ((water, tiny_checkpoint, "seed=x"), "predict.py: option seed='x': give an integer"),
         ((tmp_path, tiny_checkpoint), f"predict.py: input {tmp_path} is a directory"),
     ]
     for (input_path, checkpoint, *overrides), message in cases:
@@ -210,13 +213,16 @@ def test_missing_input_says_how_to_give_one(tmp_path):
         predict.main.__wrapped__(cfg)
 
 
-def test_resume_refuses_other_settings(tmp_path, tiny_checkpoint):
+def test_resume_refuses_other_settings_and_an_edited_input(tmp_path, tiny_checkpoint):
     from predict import run
 
     ase.io.write(tmp_path / "water.xyz", molecule("H2O"))
     run(predict_config(tmp_path, tmp_path / "water.xyz", tiny_checkpoint))
     with pytest.raises(ValueError, match=r"settings.json: this directory holds a run with other settings \(hessian"):
         run(predict_config(tmp_path, tmp_path / "water.xyz", tiny_checkpoint, "hessian=autodiff"))
+    ase.io.write(tmp_path / "water.xyz", [molecule("H2O"), molecule("NH3")])  # the user edits the file
+    with pytest.raises(ValueError, match=r"other settings \(input_mtime_ns: .*input_size_bytes"):
+        run(predict_config(tmp_path, tmp_path / "water.xyz", tiny_checkpoint))
 
 
 def test_default_run_directory_is_the_same_for_the_same_command(tmp_path, tiny_checkpoint):
@@ -386,3 +392,20 @@ def test_float64_predictions_agree_with_float32(tmp_path, tiny_checkpoint):
     scale = np.abs(single.hessians[0]).max()
     np.testing.assert_allclose(double.hessians[0], single.hessians[0], atol=1e-5 * scale)
     np.testing.assert_allclose(double.frames[0].get_forces(), single.frames[0].get_forces(), atol=1e-5)
+
+
+def test_readers_see_only_batches_the_manifest_records(tmp_path, tiny_checkpoint):
+    """A batch cut off by a kill (or still being written by another process) after its files were appended
+    but before its manifest line is invisible to readers, before any rerun restores the part."""
+    from predict import run
+
+    ase.io.write(tmp_path / "two.xyz", [molecule("H2O"), molecule("NH3")])
+    out = run(predict_config(tmp_path, tmp_path / "two.xyz", tiny_checkpoint))
+    before = read_predictions(out)
+    with open(out / "predictions.extxyz", "a") as f:
+        f.write("3\nProperties=species:S:1:pos:R:3 frame=7\nO 0 0 0\nH 0 0 1\n")  # half a frame
+    with open(out / "summary.csv", "a") as f:
+        f.write("7,H2O,3,-2000.0,")  # half a row
+    after = read_predictions(out)
+    assert [a.info["frame"] for a in after.frames] == [a.info["frame"] for a in before.frames] == [0, 1]
+    assert after.summary == before.summary and sorted(after.hessians) == [0, 1]
