@@ -56,7 +56,7 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, Any], fix: 
         recorded = json.loads(path.read_text())
         differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
         if differ:
-            changes = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
+            changes = ", ".join(f"{k}: stored {recorded.get(k)!r}, now {settings.get(k)!r}" for k in differ)
             raise ValueError(f"{path}: this directory holds a run with other settings ({changes}); {fix}")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
