@@ -80,10 +80,18 @@ def build_calculator(cfg: DictConfig):
 
 
 def settings_from(cfg: DictConfig):
-    """:class:`hip.reaction.ReactionSettings` of ``cfg.reaction``, ``temperature``, ``pressure``, ``dft_verify``."""
+    """:class:`hip.reaction.ReactionSettings` of ``cfg.reaction``, ``temperature``, ``pressure``, ``dft_verify``.
+
+    Raises:
+        ValueError: ``temperature`` or ``pressure`` not a positive number; an unknown ``reaction.criteria``.
+    """
     from hip.convergence import GAUSSIAN_CRITERIA
     from hip.reaction import ReactionSettings
 
+    for key in ("temperature", "pressure"):  # checked before hours of optimisation, not at the last stage
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"option {key}={value!r}: give a positive number (K, Pa)")
     options = OmegaConf.to_container(cfg.reaction)
     if options["criteria"] not in GAUSSIAN_CRITERIA:
         raise ValueError(f"reaction.criteria must be one of {list(GAUSSIAN_CRITERIA)}, got {options['criteria']!r}")

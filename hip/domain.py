@@ -14,7 +14,7 @@ a stoichiometry the training set does not hold, several covalently disconnected 
 too large for a stationary point, and a Hessian far from translation-invariant (the sum rule Σ_j
 H_ij = 0 that every exact Hessian obeys, since a rigid translation changes no energy).
 :class:`hip.calculator.HIPCalculator` attaches them to every result. The thresholds below are module
-constants; their values were measured on the project's data (``ckpt/README.md``, "Applicability
+constants; their values were measured on the project's data (see each constant; ``ckpt/README.md``, "Training
 domain").
 """
 

@@ -20,8 +20,9 @@ A bimolecular step A + B → TS‡ would need the partition functions of both re
 in M⁻¹ s⁻¹ with c° = 1 mol/L (ASE's thermochemistry is at a standard *pressure*, so ΔG‡ would also have
 to be converted from 1 atm to 1 M: ΔG‡(1 M) = ΔG‡(1 atm) − k_B·T·ln(c°·R·T/p°)). That is not done here.
 
-The TS success rule that licenses the formula (:func:`hip.extrema.is_first_order_saddle`: exactly one imaginary mode,
-below −10 cm⁻¹, ReactBench's) is defined here once; :mod:`hip.reaction` applies it.
+The TS success rule that licenses the formula (:func:`hip.extrema.is_first_order_saddle`: exactly one
+imaginary mode, below −10 cm⁻¹, ReactBench's) is defined in :mod:`hip.extrema`; :mod:`hip.reaction`
+applies it.
 
 Units: energies eV, temperature K, frequencies cm⁻¹ (negative for an imaginary mode), rates s⁻¹.
 """

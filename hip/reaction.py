@@ -405,12 +405,13 @@ class _Pipeline:
             record.error = check.error
             return
         rms, one_mode = check.force_rms, is_first_order_saddle(check.lowest_frequencies)
+        paper = check.FORCE_RMS_THRESHOLD  # 2e-3 Ha/Bohr; ReactBench's code uses 3e-3
         record.details.update({"lowest_frequencies_cm1": check.lowest_frequencies, "one_imaginary_mode": one_mode,
-                               "force_rms_Ha_per_Bohr": rms, "force_rms_below_2e-3": rms < 2e-3,
+                               "force_rms_Ha_per_Bohr": rms, "force_rms_below_2e-3": rms < paper,
                                "force_rms_below_3e-3": rms < 3e-3, "seconds_dft": check.wall_time})
-        record.success = one_mode and rms < 2e-3
+        record.success = one_mode and rms < paper
         if not record.success:
-            record.error = f"DFT: one imaginary mode {one_mode}, force RMS {rms:.2e} Ha/Bohr (paper: < 2e-3)"
+            record.error = f"DFT: one imaginary mode {one_mode}, force RMS {rms:.2e} Ha/Bohr (paper: < {paper:g})"
 
 
 def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings | None = None,

@@ -87,6 +87,10 @@ def test_bad_inputs_end_in_one_line_naming_the_file(tmp_path, tiny_checkpoint, h
     message = run_fails(react_config(tmp_path, fluoride, fluoride, ckpt))
     assert f"reactant {fluoride}: field 'numbers' has elements ['F'] the model was not trained on" in message
 
+    for option, value in (("temperature", "-5"), ("pressure", "abc")):
+        message = run_fails(react_config(tmp_path, hcn, hnc, ckpt, f"{option}={value}"))
+        assert f"option {option}=" in message and "give a positive number" in message
+
 
 def test_different_atom_counts_name_both_files(tmp_path, tiny_checkpoint):
     water = tmp_path / "water.xyz"
