@@ -103,6 +103,7 @@ def analytic_result():
     return find_reaction(reactant, product, Surface())
 
 
+@pytest.mark.slow
 def test_the_pipeline_finds_the_saddle_and_an_irc_that_connects_reactant_and_product(analytic_result):
     result = analytic_result
     assert list(result.stages) == list(STAGES)
@@ -126,6 +127,7 @@ def test_the_pipeline_finds_the_saddle_and_an_irc_that_connects_reactant_and_pro
     assert result.stages["ts_search"].details["start_image"] == int(np.argmax(path_energies))
 
 
+@pytest.mark.slow
 def test_the_rate_constant_is_transition_state_theory_by_hand(analytic_result):
     energetics = analytic_result.energetics
     kt = sc.k * T / sc.e
@@ -143,6 +145,7 @@ def test_the_rate_constant_is_transition_state_theory_by_hand(analytic_result):
     assert energetics.reaction_gibbs_energy == pytest.approx(g_p - g_r, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
     settings = ReactionSettings(path="neb", images=7, hessian_every_step=False, relax_endpoints=False)
     result = find_reaction(triangle(C - W), triangle(C + W), Surface(), settings)

@@ -140,6 +140,7 @@ def test_a_failed_batch_leaves_nothing_behind(tmp_path):
     assert_same_entry(stored[b"0"], first)
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_only_complete_counted_entries(tmp_path):
     """A writer killed (SIGKILL) in the middle of a run of writes: every key below ``length`` holds a
     complete entry, no key at or above it exists."""
