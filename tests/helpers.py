@@ -16,6 +16,7 @@ import lmdb
 import torch
 from ase import Atoms
 from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
@@ -112,3 +113,37 @@ def hcn_and_hnc() -> tuple[Atoms, Atoms]:
     """HCN and HNC, linear, atoms in the order H, C, N."""
     return (Atoms("HCN", positions=[[0, 0, -1.07], [0, 0, 0], [0, 0, 1.16]]),
             Atoms("HCN", positions=[[0, 0, 2.17], [0, 0, 0], [0, 0, 1.17]]))
+
+
+def double_well_energy(x: torch.Tensor, k: float, r0: float, h: float, c: float, w: float) -> torch.Tensor:
+    """Energy (eV) of three atoms at flat positions ``x`` [9] Å: harmonic bonds 1–2 and 2–3 (``k`` eV/Å²,
+    length ``r0`` Å) and a double well ``h·((r13 − c)²/w² − 1)²`` in the 1–3 distance: minima at c ± w,
+    a first-order saddle at r13 = c, ``h`` eV above them."""
+    p = x.reshape(3, 3)
+    r12, r23, r13 = (p[0] - p[1]).norm(), (p[1] - p[2]).norm(), (p[0] - p[2]).norm()
+    return 0.5 * k * ((r12 - r0) ** 2 + (r23 - r0) ** 2) + h * ((r13 - c) ** 2 / w**2 - 1) ** 2
+
+
+class DoubleWell(Calculator):
+    """:func:`double_well_energy` as an ASE calculator with an exact ``get_hessian`` (torch autograd,
+    float64): a two-minimum surface whose saddle, IRC and frequencies are known."""
+
+    implemented_properties = ["energy", "forces", "hessian"]  # noqa: RUF012
+
+    def __init__(self, k: float, r0: float, h: float, c: float, w: float, **kwargs):
+        super().__init__(**kwargs)
+        self.surface = (k, r0, h, c, w)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        return double_well_energy(x, *self.surface)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        x = torch.tensor(self.atoms.positions.reshape(-1), dtype=torch.float64, requires_grad=True)
+        energy = self.energy(x)
+        (grad,) = torch.autograd.grad(energy, x)
+        self.results = {"energy": float(energy.detach()), "forces": -grad.numpy().reshape(3, 3),
+                        "hessian": torch.autograd.functional.hessian(self.energy, x.detach()).numpy()}
+
+    def get_hessian(self, atoms=None):
+        return self.get_property("hessian", atoms)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import ase.units
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import all_changes
+from helpers import DoubleWell
 
 from hip.benchmarks import (
     RELAXATION_METHODS,
@@ -35,27 +36,8 @@ K, R0, H, C, W = 30.0, 1.0, 0.5, 1.5, 0.3  # eV/Å², Å, eV, Å, Å
 METHODS = {spec.key: spec for spec in (*RELAXATION_METHODS, *TS_SEARCH_METHODS)}
 
 
-def _energy(x: torch.Tensor) -> torch.Tensor:
-    p = x.reshape(3, 3)
-    r12, r23, r13 = (p[0] - p[1]).norm(), (p[1] - p[2]).norm(), (p[0] - p[2]).norm()
-    return 0.5 * K * ((r12 - R0) ** 2 + (r23 - R0) ** 2) + H * ((r13 - C) ** 2 / W**2 - 1) ** 2
-
-
-class DoubleWell(Calculator):
-    """The analytic surface as an ASE calculator with an exact ``get_hessian``."""
-
-    implemented_properties = ["energy", "forces", "hessian"]  # noqa: RUF012
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        x = torch.tensor(self.atoms.positions.reshape(-1), dtype=torch.float64, requires_grad=True)
-        energy = _energy(x)
-        (grad,) = torch.autograd.grad(energy, x)
-        self.results = {"energy": float(energy.detach()), "forces": -grad.numpy().reshape(3, 3),
-                        "hessian": torch.autograd.functional.hessian(_energy, x.detach()).numpy()}
-
-    def get_hessian(self, atoms=None):
-        return self.get_property("hessian", atoms)
+#: the analytic surface (tests/helpers.py) with this file's constants; a factory, as irc_verify wants one
+surface = partial(DoubleWell, K, R0, H, C, W)
 
 
 def triatomic(r13: float, r12: float = R0, r23: float = R0) -> Atoms:
@@ -63,7 +45,7 @@ def triatomic(r13: float, r12: float = R0, r23: float = R0) -> Atoms:
     angle = math.acos((r12**2 + r23**2 - r13**2) / (2 * r12 * r23))
     positions = [[r12, 0.0, 0.0], [0.0, 0.0, 0.0], [r23 * math.cos(angle), r23 * math.sin(angle), 0.0]]
     atoms = Atoms("H3", positions=positions)
-    atoms.calc = DoubleWell()
+    atoms.calc = surface()
     return atoms
 
 
@@ -141,7 +123,7 @@ def test_prfo_finds_the_known_saddle(key):
 @pytest.mark.slow
 def test_irc_from_the_saddle_reaches_both_minima():
     ts = triatomic(C)
-    result = irc_verify(ts, DoubleWell, calculator_hessian, irc_steps=40)
+    result = irc_verify(ts, surface, calculator_hessian, irc_steps=40)
     assert result.verified, result
     ends = sorted(r13(a) for a in result.endpoints)
     assert ends == pytest.approx([C - W, C + W], abs=5e-3)
@@ -149,20 +131,20 @@ def test_irc_from_the_saddle_reaches_both_minima():
 
 
 def test_irc_time_limit_fails_the_check_and_says_so():
-    result = irc_verify(triatomic(C), DoubleWell, calculator_hessian, irc_steps=40, time_limit=0.0)
+    result = irc_verify(triatomic(C), surface, calculator_hessian, irc_steps=40, time_limit=0.0)
     assert result.timed_out and not result.verified and not result.error
 
 
 def test_irc_from_a_minimum_is_not_verified():
     """Both directions from a minimum fall back into it: one minimum, not two."""
-    result = irc_verify(triatomic(C - W), DoubleWell, calculator_hessian, irc_steps=10)
+    result = irc_verify(triatomic(C - W), surface, calculator_hessian, irc_steps=10)
     assert not result.verified
 
 
 def test_work_energy_equals_the_energy_of_a_conservative_surface():
     """Trapezoidal force work along a path of small steps reproduces E(x) − E(x0) to O(step²) per step."""
     atoms = triatomic(1.3, 1.05, 0.95)
-    reference = DoubleWell()
+    reference = surface()
     atoms.calc = WorkEnergy(reference)
     start = reference.get_potential_energy(atoms)
     assert atoms.get_potential_energy() == pytest.approx(start)
@@ -183,7 +165,7 @@ def test_optimizer_errors_are_recorded_not_raised():
                 self.results["forces"] = np.full((3, 3), np.nan)
 
     atoms = triatomic(1.3, R0, R0)
-    atoms.calc = Broken()
+    atoms.calc = Broken(K, R0, H, C, W)
     result = optimize(atoms, METHODS["ase_fire"])
     assert not result.converged and "non-finite forces" in result.error
 

@@ -11,6 +11,7 @@ rigid-rotor partition functions from the moments of inertia, Eyring and Wigner b
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import scipy.constants as sc
 import torch
 from ase import Atoms
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
+from helpers import DoubleWell, double_well_energy
 
 from hip.extrema import is_first_order_saddle
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
@@ -35,27 +36,9 @@ K, R0, H, C, W = 30.0, 1.2, 0.5, 1.6, 0.3  # eV/Å², Å, eV, Å, Å
 T = 298.15
 
 
-def _energy(x: torch.Tensor) -> torch.Tensor:
-    p = x.reshape(3, 3)
-    r12, r23, r13 = (p[0] - p[1]).norm(), (p[1] - p[2]).norm(), (p[0] - p[2]).norm()
-    return 0.5 * K * ((r12 - R0) ** 2 + (r23 - R0) ** 2) + H * ((r13 - C) ** 2 / W**2 - 1) ** 2
-
-
-class Surface(Calculator):
-    """The analytic surface as an ASE calculator with an exact ``get_hessian`` (torch autograd, float64)."""
-
-    implemented_properties = ["energy", "forces", "hessian"]  # noqa: RUF012
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        x = torch.tensor(self.atoms.positions.reshape(-1), dtype=torch.float64, requires_grad=True)
-        energy = _energy(x)
-        (grad,) = torch.autograd.grad(energy, x)
-        self.results = {"energy": float(energy.detach()), "forces": -grad.numpy().reshape(3, 3),
-                        "hessian": torch.autograd.functional.hessian(_energy, x.detach()).numpy()}
-
-    def get_hessian(self, atoms=None):
-        return self.get_property("hessian", atoms)
+#: the analytic surface (tests/helpers.py) with this file's constants
+surface = partial(DoubleWell, K, R0, H, C, W)
+energy_of = partial(double_well_energy, k=K, r0=R0, h=H, c=C, w=W)
 
 
 def triangle(r13: float, r12: float = R0, r23: float = R0) -> Atoms:
@@ -73,7 +56,7 @@ def harmonic_wavenumbers(atoms: Atoms) -> np.ndarray:
     """Ascending wavenumbers (cm⁻¹, negative = imaginary) of the exact Hessian at a stationary point,
     where the six rigid-body eigenvalues of the mass-weighted Hessian are exactly zero."""
     x = torch.tensor(atoms.positions.reshape(-1), dtype=torch.float64)
-    hessian = torch.autograd.functional.hessian(_energy, x).numpy()  # eV/Å²
+    hessian = torch.autograd.functional.hessian(energy_of, x).numpy()  # eV/Å²
     inv_sqrt_m = 1 / np.sqrt(np.repeat(atoms.get_masses(), 3))
     eigenvalues = np.linalg.eigvalsh(inv_sqrt_m[:, None] * hessian * inv_sqrt_m[None, :])  # eV/(Å²·amu)
     eigenvalues = np.sort(eigenvalues[np.argsort(np.abs(eigenvalues))[6:]])
@@ -86,7 +69,7 @@ def free_energy_differing_part(atoms: Atoms) -> float:
     rigid-rotor harmonic-oscillator model, without the terms every geometry of these atoms shares
     (translation, the rotational constants and σ): G_rot = −kT·ln √(I_A·I_B·I_C) + const."""
     kt = sc.k * T / sc.e
-    energy = float(_energy(torch.tensor(atoms.positions.reshape(-1), dtype=torch.float64)))
+    energy = float(energy_of(torch.tensor(atoms.positions.reshape(-1), dtype=torch.float64)))
     real = harmonic_wavenumbers(atoms)
     real = real[real > 0]
     x = sc.h * sc.c * 100 * real / (sc.k * T)
@@ -100,7 +83,7 @@ def free_energy_differing_part(atoms: Atoms) -> float:
 @pytest.fixture(scope="module")
 def analytic_result():
     reactant, product = triangle(1.35, 1.25, 1.17), triangle(1.85, 1.15, 1.22)  # near, not at, the minima
-    return find_reaction(reactant, product, Surface())
+    return find_reaction(reactant, product, surface())
 
 
 @pytest.mark.slow
@@ -148,7 +131,7 @@ def test_the_rate_constant_is_transition_state_theory_by_hand(analytic_result):
 @pytest.mark.slow
 def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
     settings = ReactionSettings(path="neb", images=7, hessian_every_step=False, relax_endpoints=False)
-    result = find_reaction(triangle(C - W), triangle(C + W), Surface(), settings)
+    result = find_reaction(triangle(C - W), triangle(C + W), surface(), settings)
     assert all(record.success for record in result.stages.values()), result.as_dict()["stages"]
     assert result.stages["relax_reactant"].details["skipped"]
     highest = result.path[result.stages["ts_search"].details["start_image"]]
@@ -158,18 +141,18 @@ def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
 
 
 def test_a_failed_stage_ends_the_run_with_its_reason():
-    result = find_reaction(triangle(1.35, 1.3), triangle(1.85), Surface(), ReactionSettings(relax_steps=1))
+    result = find_reaction(triangle(1.35, 1.3), triangle(1.85), surface(), ReactionSettings(relax_steps=1))
     assert list(result.stages) == ["relax_reactant"] == [result.failed_stage]
     record = result.stages["relax_reactant"]
     assert record.details["coordinates"] == ["internal", "cartesian"]  # a stalled internal run goes on in Cartesians
     assert "not converged in 2 steps" in record.error and record.steps == 2
     assert result.energetics is None and result.as_dict()["rate_constant_forward_s-1"] is None
 
-    class Broken(Surface):
+    class Broken(DoubleWell):
         def get_hessian(self, atoms=None):
             raise RuntimeError("no Hessian today")
 
-    result = find_reaction(triangle(1.35), triangle(1.85), Broken())
+    result = find_reaction(triangle(1.35), triangle(1.85), Broken(K, R0, H, C, W))
     assert result.failed_stage == "relax_reactant"
     assert "RuntimeError: no Hessian today" in result.stages["relax_reactant"].error
 
