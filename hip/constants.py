@@ -42,3 +42,11 @@ MIN_INTERATOMIC_DISTANCE = 0.1
 # ν̃ = ω / (2π·c) with c = 100·_c in cm/s. Numerically ≈ 521.47 cm⁻¹ per sqrt(eV/(Å²·amu)).
 #: cm⁻¹ per sqrt(eV/(Å²·amu)): ν̃ = sign(λ)·sqrt(|λ|)·this.
 EV_PER_A2_AMU_TO_CM1 = ase.units.s / (2.0 * math.pi * 100.0 * ase.units._c)
+
+
+def formula(numbers) -> str:
+    """Hill-order chemical formula of atomic numbers [N], e.g. ``[8, 1, 1]`` → ``"H2O"``."""
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    return Formula("".join(chemical_symbols[int(z)] for z in numbers)).format("hill")

@@ -36,6 +36,7 @@ from hip.constants import (
     HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2,
     HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
     HARTREE_TO_EV,
+    formula,
 )
 from hip.data.store import read_entry
 
@@ -69,14 +70,6 @@ class Labels:
     hessian: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     converged: bool = True
-
-
-def formula(numbers: Sequence[int]) -> str:
-    """Hill-order chemical formula of atomic numbers, e.g. ``[8, 1, 1]`` → ``"H2O"``."""
-    from ase.data import chemical_symbols
-    from ase.formula import Formula
-
-    return Formula("".join(chemical_symbols[int(z)] for z in numbers)).format("hill")
 
 
 def reference_energy(numbers: Sequence[int]) -> float:

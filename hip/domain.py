@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from hip.constants import formula
+
 #: Largest atomic force |F_i| (eV/Å) at which a geometry still counts as a stationary point. Above it,
 #: frequencies, ZPE and the extremum type (which assume ∇E = 0) are not meaningful. 0.3 eV/Å is six
 #: times the usual optimiser convergence (ASE's and Sella's ``fmax`` = 0.05 eV/Å) and above the
@@ -190,7 +192,7 @@ def domain_of_dataset(dataset, hessian_readout_trained: bool) -> TrainingDomain:
         datasets.append(f"{_shown_path(shard)} [{_ranges(keys)}]")
     if not sizes:
         return TrainingDomain(hessian_readout_trained=hessian_readout_trained, source="empty training split")
-    hill = tuple(sorted(_formula(np.repeat(np.arange(10), np.frombuffer(c, dtype=np.int64))) for c in formulas))
+    hill = tuple(sorted(formula(np.repeat(np.arange(10), np.frombuffer(c, dtype=np.int64))) for c in formulas))
     return TrainingDomain(tuple(sorted(elements)), (min(sizes), max(sizes)), tuple(datasets), len(sizes),
                           len(formulas), hill, bool(hessian_readout_trained), "recorded")
 
@@ -228,13 +230,6 @@ class DomainWarning:
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
-
-
-def _formula(numbers: np.ndarray) -> str:
-    from ase.data import chemical_symbols
-    from ase.formula import Formula
-
-    return Formula("".join(chemical_symbols[z] for z in numbers)).format("hill")
 
 
 def fragments(numbers: Sequence[int], positions: np.ndarray, scale: float = BOND_SCALE) -> list[np.ndarray]:
@@ -311,13 +306,13 @@ def domain_warnings(numbers: Sequence[int], positions: np.ndarray, forces: np.nd
         low, high = domain.natoms
         if not low <= len(numbers) <= high:
             found.append(DomainWarning("natoms", f"{len(numbers)} atoms, outside the training range {low}-{high}"))
-        if domain.formulas is not None and (formula := _formula(numbers)) not in domain.formulas:
-            found.append(DomainWarning("formula", f"{formula} is not among the {len(domain.formulas)} "
+        if domain.formulas is not None and (hill := formula(numbers)) not in domain.formulas:
+            found.append(DomainWarning("formula", f"{hill} is not among the {len(domain.formulas)} "
                                        "stoichiometries of the training set: the model extrapolates to a "
                                        "molecule it has not seen"))
     parts = fragments(numbers, positions)
     if len(parts) > 1:
-        names = ", ".join(_formula(numbers[p]) for p in parts)
+        names = ", ".join(formula(numbers[p]) for p in parts)
         found.append(DomainWarning("fragments", f"{len(parts)} covalently disconnected fragments ({names}): "
                                    "predicted as one molecule; their relative motions count as vibrations"))
     if forces is not None and len(numbers):
