@@ -54,7 +54,7 @@ SUM_RULE_THRESHOLD = 5.0
 #: Waals or hydrogen-bond contact stay apart (O···H 1.8–2.0 Å > 1.46 Å). At 1.0 nearly every molecule
 #: splits (C–H 1.09 Å > 1.07 Å); at 1.5, 9 of HORM's first 80 sample geometries (dissociating along
 #: their reaction paths) and none of the embedded set have several fragments.
-BOND_SCALE = 1.5
+FRAGMENT_BOND_SCALE = 1.5
 
 
 @dataclass(frozen=True)
@@ -232,22 +232,41 @@ class DomainWarning:
         return f"{self.code}: {self.message}"
 
 
-def fragments(numbers: Sequence[int], positions: np.ndarray, scale: float = BOND_SCALE) -> list[np.ndarray]:
-    """Covalently connected fragments: atom indices of each, largest first.
+def covalent_bonds(numbers: Sequence[int], positions: np.ndarray, scale: float) -> np.ndarray:
+    """Which atom pairs are bonded: closer than ``scale`` × (r_cov,i + r_cov,j), ASE's covalent radii
+    (``natural_cutoffs``, Cordero et al. 2008). The one connectivity rule of the project: fragments
+    here (:data:`FRAGMENT_BOND_SCALE`), reactant/product bonds in :mod:`hip.reaction`.
 
     Args:
         numbers: [N] atomic numbers.
         positions: [N, 3] Å.
-        scale: bond when closer than ``scale`` × (r_cov,i + r_cov,j) (:data:`BOND_SCALE`).
+        scale: multiple of the covalent-radius sum.
+
+    Returns:
+        [N, N] bool, symmetric, False on the diagonal.
     """
     from ase import Atoms
-    from ase.neighborlist import NeighborList, natural_cutoffs
+    from ase.neighborlist import natural_cutoffs
+
+    positions = np.asarray(positions, dtype=np.float64)
+    radii = np.asarray(natural_cutoffs(Atoms(numbers=np.asarray(numbers)), mult=scale))
+    distances = np.linalg.norm(positions[:, None] - positions[None, :], axis=-1)
+    bonded = distances < radii[:, None] + radii[None, :]
+    np.fill_diagonal(bonded, False)
+    return bonded
+
+
+def fragments(numbers: Sequence[int], positions: np.ndarray, scale: float = FRAGMENT_BOND_SCALE) -> list[np.ndarray]:
+    """Covalently connected fragments (:func:`covalent_bonds`): atom indices of each, largest first.
+
+    Args:
+        numbers: [N] atomic numbers.
+        positions: [N, 3] Å.
+        scale: bond when closer than ``scale`` × (r_cov,i + r_cov,j) (:data:`FRAGMENT_BOND_SCALE`).
+    """
     from scipy.sparse.csgraph import connected_components
 
-    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
-    neighbours = NeighborList(natural_cutoffs(atoms, mult=scale), skin=0.0, self_interaction=False, bothways=True)
-    neighbours.update(atoms)
-    _, labels = connected_components(neighbours.get_connectivity_matrix(sparse=True), directed=False)
+    _, labels = connected_components(covalent_bonds(numbers, positions, scale), directed=False)
     groups = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 

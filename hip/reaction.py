@@ -47,9 +47,10 @@ from hip.optimize import OptimizerSpec, WorkEnergy, optimize
 #: loose enough for soft modes (methyl rotations, floppy angles) that relax differently, while the
 #: bonds decide the chemistry.
 INTENDED_RMSD_TOLERANCE = 0.3
-#: Bonds are pairs closer than this × the sum of covalent radii: real bonds exceed that sum by a few
-#: per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
-BOND_SCALE = 1.2
+#: Bonds are pairs closer than this × the sum of covalent radii (:func:`hip.domain.covalent_bonds`): real
+#: bonds exceed that sum by a few per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
+#: Stricter than :data:`hip.domain.FRAGMENT_BOND_SCALE` (1.5), which must keep stretched TS bonds together.
+INTENDED_BOND_SCALE = 1.2
 #: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
 IDENTICAL_RMSD = 0.05
 #: The order of the pipeline's stages (``dft_verify`` is an optional check after them).
@@ -66,12 +67,11 @@ def dft_calculator(**label_kwargs) -> Calculator:
 
 
 def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
-    """Atom pairs (i < j) closer than :data:`BOND_SCALE` × the sum of their covalent radii
-    (``ase.neighborlist.natural_cutoffs``, ASE's covalent radii)."""
-    from ase.neighborlist import natural_cutoffs
+    """Atom pairs (i < j) closer than :data:`INTENDED_BOND_SCALE` × the sum of their covalent radii
+    (:func:`hip.domain.covalent_bonds`)."""
+    from hip.domain import covalent_bonds
 
-    radii = np.asarray(natural_cutoffs(atoms, mult=BOND_SCALE))
-    close = atoms.get_all_distances() < radii[:, None] + radii[None, :]
+    close = covalent_bonds(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE)
     return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
 
 
