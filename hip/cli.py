@@ -2,6 +2,8 @@
 
 A user's mistake (a missing file, an unreadable or refused checkpoint, an invalid option or data entry)
 ends a command with one line naming the command and the problem, and exit status 1, not a traceback.
+Resumable commands (predict.py, the downstream benchmarks) also share the settings check of their run
+directory and the atomic text write their outputs use.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, Any], fix: 
             raise ValueError(f"{path}: this directory holds a run with other settings ({changes}); {fix}")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".settings.json.tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a fsynced temporary file in the same folder renamed over it
+    (``os.replace``): a kill or a full disk leaves the old file or the new one, never half of either.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    return path

@@ -46,6 +46,7 @@ import ase.data
 import numpy as np
 import torch
 
+from hip.cli import atomic_write_text
 from hip.constants import (
     BOHR_TO_ANGSTROM,
     HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2,
@@ -180,13 +181,6 @@ def normal_modes(mol: Molecule) -> NormalModes:
 
 def _symbols(mol: Molecule) -> list[str]:
     return [ase.data.chemical_symbols[int(z)] for z in mol.numbers]
-
-
-def _atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 # ---- ORCA .hess --------------------------------------------------------------------------------------------
@@ -361,9 +355,9 @@ def write_formats(
     for name in names:
         path = directory / f"{stem}{FORMATS[name]}"
         if name == "hess":
-            paths.append(_atomic(path, orca_hess_text(mol, modes)))
+            paths.append(atomic_write_text(path, orca_hess_text(mol, modes)))
         elif name == "molden":
-            paths.append(_atomic(path, molden_text(mol, modes)))
+            paths.append(atomic_write_text(path, molden_text(mol, modes)))
         else:
             paths.append(write_fchk(path, mol, title, charge))
     return paths

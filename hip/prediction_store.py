@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from hip.cli import atomic_write_text
 from hip.formats import FORMATS as QC_FORMATS
 
 #: Columns of ``summary.csv`` (units in the names; empty H/S/G where ``notes`` says why).
@@ -86,15 +87,6 @@ def done_batches(output_dir: str | Path) -> set[int]:
     return {entry["batch"] for part in part_directories(output_dir) for entry in read_manifest(part)}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_append(path: Path, write) -> None:
     with open(path, "a", newline="") as f:
         write(f)
@@ -134,7 +126,7 @@ class PredictionPart:
         for chunk in (self.directory / "hessians").glob("*.npz"):
             if chunk.name not in kept:
                 chunk.unlink()
-        _atomic_write_text(self.directory / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
+        atomic_write_text(self.directory / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
         self.frames_written = sum(len(e["frames"]) for e in entries)  # the next LMDB key
 
     def commit(self, batch_id: int, predictions: Sequence, skipped: Sequence[tuple[int, str]] = ()) -> None:
