@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def run(cfg: DictConfig) -> Path:
         FileNotFoundError, ValueError, CheckpointError: bad input, naming the file (before any calculation).
     """
     from hip.calculator import check_closed_shell_molecule
-    from hip.cli import user_errors
+    from hip.cli import jsonable, user_errors
     from hip.reaction import check_reaction_pair, find_reaction
 
     with user_errors("react.py"):
@@ -133,26 +132,13 @@ def run(cfg: DictConfig) -> Path:
             "dft_verify", "reaction")
     summary["settings"] = {k: OmegaConf.to_container(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
                            for k in keys}
-    (out_dir / "result.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    (out_dir / "result.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     written = ["result.json", *write_structures(result, out_dir, cfg.write_modes)]
     if plot_profile(result, out_dir / "profile.png"):
         written.append("profile.png")
     print_energetics(summary, result.failed_stage)
     print(f"wrote {', '.join(written)} to {out_dir}")
     return out_dir
-
-
-def _jsonable(value):
-    """``value`` with NaN/inf as null and NumPy scalars as Python numbers (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_structures(result, out_dir: Path, write_modes: bool) -> list[str]:

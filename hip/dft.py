@@ -60,6 +60,7 @@ class Labels:
             (as computed: not symmetrised).
         timings: wall time of each step, s: ``"scf"``, ``"gradient"``, ``"hessian"``, ``"total"``.
         converged: whether the SCF converged.
+        density: the converged AO density matrix (PySCF's ``mf.make_rdm1()``), a start for the next SCF.
     """
 
     numbers: np.ndarray
@@ -70,6 +71,7 @@ class Labels:
     hessian: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     converged: bool = True
+    density: np.ndarray | None = field(default=None, repr=False)
 
 
 def reference_energy(numbers: Sequence[int]) -> float:
@@ -130,6 +132,7 @@ def label_molecule(
     conv_tol: float | None = None,
     grid_level: int | None = None,
     max_memory_mb: int | None = None,
+    initial_density: np.ndarray | None = None,
 ) -> Labels:
     """Energy, forces and analytic Hessian of one molecule with PySCF restricted Kohn-Sham.
 
@@ -146,6 +149,8 @@ def label_molecule(
         conv_tol: SCF energy convergence threshold, Hartree (None: PySCF's default 1e-9).
         grid_level: DFT grid level (None: PySCF's default 3).
         max_memory_mb: PySCF memory budget, MB (None: PySCF's default).
+        initial_density: an AO density matrix to start the SCF from (``Labels.density`` of a nearby
+            geometry of the same molecule: fewer SCF cycles, the same converged result); None: PySCF's guess.
 
     Returns:
         :class:`Labels` in eV, eV/Å, eV/Å², with wall times of the SCF, gradient and Hessian steps.
@@ -174,7 +179,7 @@ def label_molecule(
         mf.grids.level = grid_level
     if max_memory_mb is not None:
         mf.max_memory = max_memory_mb
-    e_h = mf.kernel()
+    e_h = mf.kernel(dm0=initial_density)
     if not mf.converged:
         mf = mf.newton()
         e_h = mf.kernel(mf.make_rdm1())
@@ -207,6 +212,7 @@ def label_molecule(
         hessian=hess_ev,
         timings=timings,
         converged=bool(mf.converged),
+        density=np.asarray(mf.make_rdm1()),
     )
 
 
@@ -296,17 +302,26 @@ class DFTCalculator(Calculator):
 
     Wraps :func:`label_molecule` (``hessian=False``), so a DFT relaxation (paper
     A.6.3: the ZPE reference geometries) uses exactly the labelling settings; ``get_hessian`` adds
-    PySCF's analytic Hessian (eV/Å²). One SCF per new geometry.
+    PySCF's analytic Hessian (eV/Å²). One SCF per new geometry, started from the previous geometry's
+    density (same atoms); the last :data:`HESSIAN_CACHE` Hessians are kept by geometry, so asking twice
+    for the Hessian of a stationary point (TS check, IRC start, thermochemistry) computes it once.
 
     Args:
         **label_kwargs: passed to ``label_molecule`` (``basis``, ``xc``, ``conv_tol``, ...).
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "forces", "hessian"]
+    HESSIAN_CACHE: ClassVar[int] = 8
 
     def __init__(self, **label_kwargs):
         super().__init__()
         self.label_kwargs = label_kwargs
+        self._density: tuple[bytes, np.ndarray] | None = None  # (atomic numbers, AO density matrix)
+        self._hessians: dict[bytes, np.ndarray] = {}
+
+    @staticmethod
+    def _key(atoms: Atoms) -> bytes:
+        return atoms.numbers.tobytes() + np.asarray(atoms.positions, dtype=np.float64).tobytes()
 
     def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
                   system_changes: Sequence[str] = all_changes) -> None:
@@ -316,12 +331,21 @@ class DFTCalculator(Calculator):
             ValueError, RuntimeError: see :func:`label_molecule`.
         """
         super().calculate(atoms, properties, system_changes)
+        numbers = self.atoms.numbers.tobytes()
+        start = self._density[1] if self._density is not None and self._density[0] == numbers else None
         labels = label_molecule(self.atoms.numbers, self.atoms.positions, hessian="hessian" in properties,
-                                **self.label_kwargs)
+                                initial_density=start, **self.label_kwargs)
+        self._density = (numbers, labels.density)
         self.results = {"energy": labels.energy, "forces": labels.forces}
         if labels.hessian is not None:
             self.results["hessian"] = labels.hessian
+            self._hessians[self._key(self.atoms)] = labels.hessian
+            while len(self._hessians) > self.HESSIAN_CACHE:
+                self._hessians.pop(next(iter(self._hessians)))
 
     def get_hessian(self, atoms: Atoms | None = None) -> np.ndarray:
-        """PySCF's analytic Hessian of ``atoms``, (3N, 3N) eV/Å²."""
+        """PySCF's analytic Hessian of ``atoms``, (3N, 3N) eV/Å² (cached by geometry)."""
+        cached = self._hessians.get(self._key(atoms if atoms is not None else self.atoms))
+        if cached is not None:
+            return cached.copy()
         return self.get_property("hessian", atoms)

@@ -12,7 +12,9 @@ with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or fi
                                     Sella run that stalls in internal coordinates goes on in Cartesians
     ts_success                      exactly one imaginary mode, below −10 cm⁻¹ (ReactBench's rule)
     irc                             Sella's IRC both ways from the TS, both ends relaxed
-    intended                        one IRC end is the reactant and the other the product
+    intended                        one IRC end is the reactant and the other the product (same bonds and
+                                    a close aligned geometry; bonds alone for a complex of several fragments,
+                                    whose relative placement is soft: the IRC's end is then that side's minimum)
     thermochemistry                 RRHO at the stationary points → ΔE‡, ΔH‡, ΔG‡, k(T) (:mod:`hip.kinetics`)
 
 The authors' protocol grows the path with pysisyphus' growing string (driven by ReactBench); that has
@@ -73,6 +75,12 @@ def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
 
     close = covalent_bonds(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE)
     return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
+
+
+def _n_fragments(atoms: Atoms) -> int:
+    from hip.domain import fragments
+
+    return len(fragments(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE))
 
 
 def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, float]:
@@ -369,21 +377,29 @@ class _Pipeline:
 
     def intended(self, record: StageRecord) -> None:
         references = {"reactant": self.result.reactant, "product": self.result.product}
+        loose = {name: _n_fragments(ref) > 1 for name, ref in references.items()}
         matches = []
         for direction, end in zip(("forward", "reverse"), self.irc_ends, strict=True):
             found = {name: same_structure(end, ref, self.settings.intended_rmsd) for name, ref in references.items()}
             record.details[direction] = {name: {"same_bonds": bonds(end) == bonds(ref), "rmsd": found[name][1]}
                                          for name, ref in references.items()}
-            candidates = sorted((rmsd, name) for name, (same, rmsd) in found.items() if same)
+            candidates = sorted((rmsd, name) for name, (same, rmsd) in found.items()
+                                if same or (loose[name] and bonds(end) == bonds(references[name])))
             matches.append(candidates[0][1] if candidates else None)
         record.details["matches"] = matches
         record.success = sorted(m or "" for m in matches) == ["product", "reactant"]
+        if record.success:  # a loose complex is the one its IRC reaches: thermochemistry there
+            for name, end in zip(matches, self.irc_ends, strict=True):
+                if loose[name] and not same_structure(end, references[name], self.settings.intended_rmsd)[0]:
+                    setattr(self.result, name, end)
+                    record.details.setdefault("replaced_by_irc_end", []).append(name)
         if record.success and matches[0] == "reactant":  # order the IRC reactant → TS → product
             self.result.irc = self.result.irc[::-1]
             self.result.irc_ts_index = len(self.result.irc) - 1 - self.result.irc_ts_index
         if not record.success:
             record.error = (f"IRC ends match {matches} (forward, reverse), not the reactant and the product "
-                            f"(same bonds and aligned RMSD < {self.settings.intended_rmsd} Å)")
+                            f"(same bonds and aligned RMSD < {self.settings.intended_rmsd} Å; bonds alone for "
+                            "a complex of several fragments)")
 
     def thermochemistry(self, record: StageRecord) -> None:
         s, points = self.settings, {}
