@@ -77,8 +77,9 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
     """Follow the IRC from ``ts`` both ways (Sella), relax both ends to minima and check they differ.
 
     Each direction starts along the lowest mode of the mass-weighted Hessian from ``hessian_function``
-    and takes up to ``irc_steps`` steps of ``irc_dx`` (Å·√amu), stopping early at a minimum (forces
-    below ``criteria.max_force``). Each end point is then relaxed with RS-RFO and TS-BFGS updates from
+    and takes up to ``irc_steps`` steps of ``irc_dx`` (Å·√amu), stopping early once the forces fall
+    below the looser of ``criteria.max_force`` and Gaussian's default (the end is relaxed to ``criteria``
+    next, so tight criteria need not be met by the IRC's small steps). Each end point is then relaxed with RS-RFO and TS-BFGS updates from
     an initial Hessian of the same source (``criteria``, ``relax_steps``), and its negative modes are
     counted (:func:`count_negative_modes`). ReactBench's check that the ends are the reaction's known
     reactant and product needs those; without them "verified" means two distinct minima (paper A.6.2,
@@ -115,7 +116,8 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
                       keep_going=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "IRC inner loop failed": the relaxation follows
-                for _ in irc.irun(fmax=criteria.fmax_ev_per_a(), steps=irc_steps, direction=direction):
+                fmax = max(criteria.fmax_ev_per_a(), GAUSSIAN_CRITERIA["default"].fmax_ev_per_a())
+                for _ in irc.irun(fmax=fmax, steps=irc_steps, direction=direction):
                     if time.perf_counter() > deadline:
                         break
             end = end.copy()

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from hip.constants import HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2
+from hip.constants import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR2_TO_EV_PER_ANGSTROM2
 from hip.convergence import GAUSSIAN_CRITERIA, Convergence, ConvergenceCriteria, remove_rigid_body
 
 __all__ = [  # Convergence, ConvergenceCriteria, GAUSSIAN_CRITERIA, remove_rigid_body: from hip.convergence
@@ -48,17 +48,23 @@ __all__ = [  # Convergence, ConvergenceCriteria, GAUSSIAN_CRITERIA, remove_rigid
 
 HessianFunction = Callable[[Atoms], np.ndarray]
 
+#: The HIP authors' relaxation trust radius (their gad-ff ``second_order_relaxation_pysiyphus.py``:
+#: pysisyphus ``RFOptimizer(trust_radius=0.3)`` in Bohr, redundant internal coordinates), Å.
+AUTHORS_TRUST_RADIUS = 0.3 * BOHR_TO_ANGSTROM
 
-def count_negative_modes(hessian: np.ndarray, atoms: Atoms) -> int:
-    """Number of negative eigenvalues of the mass-weighted, Eckart-projected Hessian (paper §2.3, Table 3).
 
-    0 is a minimum, 1 a first-order saddle (transition state). The threshold is ``eval.py``'s
+def count_negative_modes(hessian: np.ndarray, atoms: Atoms, threshold_cm1: float | None = None) -> int:
+    """Number of imaginary modes of the mass-weighted, Eckart-projected Hessian (paper §2.3, Table 3).
+
+    0 is a minimum, 1 a first-order saddle (transition state). The default threshold is ``eval.py``'s
     (:data:`hip.extrema.TABLE3_THRESHOLD_CM1`, eigenvalues below −1e-6 eV/(Å²·amu)), so a molecule is
-    classified here exactly as in the Table 3 and Table 9 evaluation.
+    classified exactly as in the Table 3 and Table 9 evaluation; TS searches pass
+    :data:`hip.extrema.TS_THRESHOLD_CM1` (10 cm⁻¹, ReactBench's TS rule).
 
     Args:
         hessian: (3N, 3N) Cartesian Hessian, eV/Å².
         atoms: the geometry (positions Å; standard masses of its elements).
+        threshold_cm1: modes below −threshold_cm1 count (:func:`hip.extrema.count_imaginary`); None: Table 3's.
 
     Raises:
         ValueError: the Hessian's shape does not fit the atoms.
@@ -67,7 +73,7 @@ def count_negative_modes(hessian: np.ndarray, atoms: Atoms) -> int:
     from hip.vibrations import vibrational_analysis
 
     modes = vibrational_analysis(hessian, atoms.positions, atoms.numbers)
-    return count_imaginary(modes.frequencies, TABLE3_THRESHOLD_CM1)
+    return count_imaginary(modes.frequencies, TABLE3_THRESHOLD_CM1 if threshold_cm1 is None else threshold_cm1)
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,8 @@ def calculator_hessian(atoms: Atoms) -> np.ndarray:
 
 
 def make_optimizer(atoms: Atoms, spec: OptimizerSpec, order: int = 0,
-                   hessian_function: HessianFunction | None = None, internal: bool = False):
+                   hessian_function: HessianFunction | None = None, internal: bool = False,
+                   trust_radius: float | None = None):
     """The ASE optimiser that ``spec`` describes, attached to ``atoms`` (which carry the calculator).
 
     Sella settings: RS-RFO (``method="rfo"``) for ``order=0`` and Sella's RS-P-RFO for ``order=1``;
@@ -206,6 +213,8 @@ def make_optimizer(atoms: Atoms, spec: OptimizerSpec, order: int = 0,
         order: 0 for a minimum, 1 for a first-order saddle (Sella only).
         hessian_function: ``atoms → (3N, 3N)`` eV/Å² (needed for a model-Hessian spec).
         internal: Sella in its internal coordinates instead of Cartesians (not with ``"identity"``).
+        trust_radius: Sella's initial trust radius ``delta0``, Å (None: Sella's 0.1 Å; the authors'
+            pysisyphus runs use 0.3 Bohr = :data:`AUTHORS_TRUST_RADIUS`).
 
     Raises:
         ValueError: a model-Hessian spec without ``hessian_function``; ``order`` other than 0 for ASE's
@@ -220,6 +229,8 @@ def make_optimizer(atoms: Atoms, spec: OptimizerSpec, order: int = 0,
     from sella import Sella
 
     kwargs: dict[str, Any] = dict(order=order, internal=internal, logfile=None)
+    if trust_radius is not None:
+        kwargs["delta0"] = trust_radius
     if order == 0:
         kwargs["method"] = "rfo"
     if spec.hessian == "identity":
@@ -279,7 +290,8 @@ OPTIMIZATION_ERRORS = (ValueError, RuntimeError, FloatingPointError, np.linalg.L
 
 def optimize(atoms: Atoms, spec: OptimizerSpec, criteria: ConvergenceCriteria = GAUSSIAN_CRITERIA["default"],
              max_steps: int = 150, order: int = 0, hessian_function: HessianFunction | None = None,
-             internal: bool = False, time_limit: float | None = None) -> OptimizationResult:
+             internal: bool = False, time_limit: float | None = None,
+             trust_radius: float | None = None) -> OptimizationResult:
     """Optimise ``atoms`` in place with ``spec`` until ``criteria`` hold or ``max_steps`` steps were taken.
 
     After every step the forces at the new geometry and the step just taken are measured
@@ -298,6 +310,7 @@ def optimize(atoms: Atoms, spec: OptimizerSpec, criteria: ConvergenceCriteria = 
         time_limit: stop (not converged, ``timed_out``) once a step ends after this many seconds; None:
             no limit. For benchmarks where per-step autodiff or finite-difference Hessians would take
             hours; the paper omits their wall times for the same reason (Fig. 3).
+        trust_radius: Sella's initial trust radius, Å (:func:`make_optimizer`).
 
     Returns:
         :class:`OptimizationResult`. An error of :data:`OPTIMIZATION_ERRORS` during the run ends it
@@ -308,7 +321,7 @@ def optimize(atoms: Atoms, spec: OptimizerSpec, criteria: ConvergenceCriteria = 
     """
     counted = CountedHessian(hessian_function) if hessian_function is not None else None
     start = time.perf_counter()
-    optimizer = make_optimizer(atoms, spec, order, counted, internal)
+    optimizer = make_optimizer(atoms, spec, order, counted, internal, trust_radius)
     result = OptimizationResult(False, 0, 0.0)
     previous = atoms.positions.copy()
     try:

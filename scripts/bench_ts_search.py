@@ -1,39 +1,44 @@
 #!/usr/bin/env python
 """Transition-state search with HIP, autodiff and finite-difference Hessians (paper §4, A.6.2, Fig. 4).
 
-ReactBench's growing-string stage is out of scope: the search starts from TS guesses, by default the
-geometries of the HORM sample shard whose DFT Hessian has exactly one negative eigenvalue after mass
-weighting and Eckart projection (48 of its 100), optionally noised (``--noise``). Each guess is
-refined by every method of :data:`hip.benchmarks.TS_SEARCH_METHODS`: Sella's RS-P-RFO (``order=1``) with
-a fresh HIP / autodiff / finite-difference Hessian every step (``prfo_hip``, ``prfo_ad``,
-``prfo_fd``) or with one at the start and TS-BFGS updates (``prfo_bfgs_*``), ``--max-steps`` (50)
-steps and ``--time-limit`` seconds (60 s by default, so that per-step finite differences stay
-affordable on a CPU; ``0`` lifts it), "Gaussian default" criteria. The paper's stages, per method:
+Default (``--start reactions``), the authors' task: every reaction of the embedded DFT reaction set
+(``data/reactions``, :mod:`hip.data.reactions`) goes from its DFT reactant and product through
+:func:`hip.reaction.find_reaction` with the model (both ends relaxed with the model, geodesic path,
+RS-P-RFO from its highest image in internal coordinates, IRC 125 × 0.1 Å·√amu both ways, intended
+check) once per method of :data:`hip.benchmarks.TS_SEARCH_METHODS`: a fresh HIP / autodiff /
+finite-difference Hessian every step (``prfo_hip``, ``prfo_ad``, ``prfo_fd``) or one at the start and
+TS-BFGS updates (``prfo_bfgs_*``); ``--max-steps`` (50) TS-search steps, "Gaussian default" criteria, the
+model's energy for the trust radius, no time limit. Counted over all reactions: path, converged, TS
+success (exactly one imaginary mode below −10 cm⁻¹, ReactBench's rule), IRC, intended, and every TS
+success recomputed with DFT (PySCF ωB97X/6-31G(d), grid level 4 by default: one imaginary DFT mode and a
+DFT force RMS below 2e-3 Hartree/Bohr, the paper, or 3e-3, ReactBench's code; ``--dft-verify 0`` skips
+it). Also: the found TS's aligned RMSD to the DFT TS and the model's forward-barrier error
+(:mod:`hip.benchmarks.ts_reactions`).
 
-1. converged: the criteria held within the budget;
-2. TS success: the method's own Hessian at the end has exactly one negative mode (frequency
-   analysis with ``eval.py``'s threshold); "converged & TS" is paper Table 8's "Both";
-3. IRC verified: Sella's IRC both ways from a TS success (``--irc-steps``), each end then relaxed,
-   reaches two distinct minima (:func:`hip.irc.irc_verify`, within ``--time-limit``; the
-   reaction's own reactant and product are not known here);
-4. with ``--dft-verify K``: K found TSs per method (IRC-verified ones first, then the other TS
-   successes; with ``--dft-every-end`` then any other search end) recomputed with PySCF at HORM's
-   level (ωB97X/6-31G(d), :mod:`hip.dft`):
-   "DFT TS" = exactly one negative DFT mode, "DFT converged TS" = that and DFT force RMS below
-   2e-3 Hartree/Bohr. Minutes per molecule on 2 CPU cores; each result is written as it finishes.
+``--start guesses``, the earlier mode: the search starts from TS guesses, by default the geometries of
+the HORM sample shard whose DFT Hessian has exactly one negative mode (mass-weighted, Eckart-projected,
+Table 3's threshold), optionally noised (``--noise``); stages converged, TS success, "converged & TS" (paper
+Table 8's "Both"), IRC verified (two distinct minima; the reaction's own ends are not known there) and,
+with ``--dft-verify K``, K found TSs per method checked with DFT (IRC-verified ones first, then the other
+TS successes; with ``--dft-every-end`` any other search end). Also printed there: how far each search
+moved from its guess and how each method's Hessian classifies the guesses against their DFT Hessians
+(``eval.py``'s Table 3 columns).
 
-Also printed: how far each search moved from its guess (median aligned RMSD, Å) and how each method's
-Hessian classifies the guesses themselves against their DFT Hessians (``eval.py``'s Table 3 columns,
-:func:`hip.metrics.extremum_classification`). Results go to ``--output``: ``results.jsonl``
-(searches, resumable), ``dft/results.jsonl`` (DFT checks, resumable), ``summary.csv``, ``table.txt``
-and ``bench_ts_search.png`` (Fig. 4 style: share of guesses passing each stage per method).
+What still differs from the authors' protocol (ReactBench driving pysisyphus): the path is a geodesic
+interpolation instead of the growing string (no maintained PyPI release); Sella's RS-P-RFO and IRC
+instead of pysisyphus'; 9 small reactions instead of the T1x validation reactions; the reactant and
+product are relaxed with the model before the path.
+
+Results go to ``--output``: ``results.jsonl`` (runs, resumable), ``dft/results.jsonl`` (DFT checks,
+resumable), ``summary.csv``, ``table.txt`` and ``bench_ts_search.png`` (Fig. 4 style: share passing each
+stage per method). Minutes per reaction and method on 2 CPU cores.
 
 Examples:
-  python scripts/bench_ts_search.py                        # defaults
-  OMP_NUM_THREADS=1 nohup python scripts/bench_ts_search.py --max-molecules 6 --smallest-first \\
-      --methods prfo_hip prfo_ad prfo_fd --time-limit 0 --dft-verify 6 --dft-every-end \\
-      --output logs/bench_ts_search_dft &                 # the README's DFT-verified run (hours)
-  python scripts/bench_ts_search.py --data my_guesses.xyz --stride 1 --no-filter
+  python scripts/bench_ts_search.py                        # the reaction set, HIP/AD/FD every step, DFT checks
+  python scripts/bench_ts_search.py --methods prfo_hip prfo_bfgs_hip --only hcn_hnc ch3nc_ch3cn --dft-verify 0
+  python scripts/bench_ts_search.py --start guesses --max-molecules 6 --smallest-first --dft-verify 6 \\
+      --output logs/bench_ts_search_guesses
+  python scripts/bench_ts_search.py --start guesses --data my_guesses.xyz --stride 1 --no-filter
 """
 
 from __future__ import annotations
@@ -56,7 +61,6 @@ from hip.benchmarks import (
     common_settings,
     figure,
     model_calculators,
-    parse_benchmark_args,
     perturb,
     quartiles,
     select_methods,
@@ -65,7 +69,9 @@ from hip.benchmarks import (
 )
 from hip.cli import user_errors
 from hip.data.labelling import displacement_rng
+from hip.data.reactions import REACTION_SET_DIR, REACTIONS, load_reaction_set, missing_reactions
 from hip.dft import dft_verify
+from hip.extrema import TS_THRESHOLD_CM1
 from hip.irc import aligned_rmsd, irc_verify
 from hip.metrics import EXTREMUM_TYPES, TYPE_CORRECT_COLUMNS, extremum_classification, format_table
 from hip.optimize import GAUSSIAN_CRITERIA, calculator_hessian, count_negative_modes, optimize
@@ -82,30 +88,45 @@ COLUMNS = ("Guesses", *STAGES, "Timed out [%]", "Steps median", "Time median [s]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, data=[str(HORM_SAMPLE)], stride=1, output=str(ROOT / "logs" / "bench_ts_search"),
+    add_common_arguments(parser, data=[str(HORM_SAMPLE)], output=str(ROOT / "logs" / "bench_ts_search"),
                          max_molecules=2, methods=TS_SEARCH_METHODS)
+    parser.set_defaults(methods=None)
+    parser.add_argument("--start", choices=("reactions", "guesses"), default="reactions",
+                        help="reactions: reactant + product of the reaction set through hip.reaction (default); "
+                             "guesses: RS-P-RFO from TS guesses (--data)")
+    parser.add_argument("--reactions", default=str(REACTION_SET_DIR), help="reaction set (default: %(default)s)")
+    parser.add_argument("--only", nargs="+", choices=list(REACTIONS), help="these reactions only")
     parser.add_argument("--no-filter", action="store_true",
-                        help="take every input geometry as a guess (default: only DFT first-order saddles)")
-    parser.add_argument("--noise", type=float, default=0.0, help="per-atom RMS noise on the guesses, Å")
+                        help="guesses: take every input geometry (default: only DFT first-order saddles)")
+    parser.add_argument("--noise", type=float, default=0.0, help="guesses: per-atom RMS noise, Å")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
-    parser.add_argument("--max-steps", type=int, default=50, help="step budget (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=50, help="TS-search step budget (default: %(default)s)")
     parser.add_argument("--criteria", choices=list(GAUSSIAN_CRITERIA), default="default")
-    parser.add_argument("--irc-steps", type=int, default=15,
-                        help="IRC steps per direction before the end points are relaxed; 0 skips the IRC "
-                             "(default: %(default)s)")
-    parser.add_argument("--dft-verify", type=int, default=0, metavar="K", help="DFT-check K found TSs per method")
+    parser.add_argument("--irc-steps", type=int, default=125,
+                        help="IRC steps of 0.1 Å·√amu per direction before the end points are relaxed (the "
+                             "authors' 125); guesses: 0 skips the IRC (default: %(default)s)")
+    parser.add_argument("--dft-verify", type=int, default=None, metavar="K",
+                        help="DFT-check K found TSs per method (default: every TS success with --start reactions, "
+                             "none with --start guesses)")
     parser.add_argument("--dft-every-end", action="store_true",
-                        help="with --dft-verify, also check search ends that are no TS success (after those that "
-                             "are): what DFT says about a weak model's ends")
+                        help="guesses, with --dft-verify: also check search ends that are no TS success")
+    parser.add_argument("--dft-grid-level", type=int, default=4,
+                        help="PySCF grid level of the DFT checks (default: %(default)s, finer than PySCF's 3)")
     add_dft_arguments(parser)
-    return parse_benchmark_args(parser, argv)
+    args = parser.parse_args(argv)
+    if args.methods is None:  # reactions: the per-step Hessians (paper Fig. 4's rows); guesses: all
+        args.methods = ([m.key for m in TS_SEARCH_METHODS if m.every_step] if args.start == "reactions"
+                        else [m.key for m in TS_SEARCH_METHODS])
+    if args.dft_verify is None:
+        args.dft_verify = 1 << 30 if args.start == "reactions" else 0
+    return args
 
 
 def search(atoms: Atoms, spec, calculator, args) -> dict:
     """One RS-P-RFO run from ``atoms`` and the stages after it; a flat row for the results log."""
     work = attach(atoms, calculator, args.energy)
     start = time.perf_counter()
-    guess_modes = count_negative_modes(calculator_hessian(work), work)
+    guess_modes = count_negative_modes(calculator_hessian(work), work)  # Table 3's rule, as eval.py classifies
     guess_time = time.perf_counter() - start  # the search's first Hessian: Sella gets it from the cache
     result = optimize(work, spec, GAUSSIAN_CRITERIA[args.criteria], args.max_steps, 1, calculator_hessian,
                       time_limit=args.time_limit or None)
@@ -116,7 +137,7 @@ def search(atoms: Atoms, spec, calculator, args) -> dict:
            "irc_timed_out": None, "irc_error": "", "positions": work.positions.tolist()}
     if result.error:
         return row
-    row["negative_modes"] = count_negative_modes(calculator_hessian(work), work)
+    row["negative_modes"] = count_negative_modes(calculator_hessian(work), work, TS_THRESHOLD_CM1)
     row["ts_success"] = row["negative_modes"] == 1
     if row["ts_success"] and args.irc_steps > 0:
         irc = irc_verify(work, lambda: attach(work, calculator, args.energy).calc, calculator_hessian,
@@ -186,6 +207,62 @@ def plot(path: Path, table: dict[str, dict[str, float]]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the benchmark; returns the printed table (method label → column → value)."""
     args = parse_args(argv)
+    return (from_reactions if args.start == "reactions" else from_guesses)(args)
+
+
+def from_reactions(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The default mode (module docstring): the reaction set through :func:`hip.reaction.find_reaction`."""
+    from hip.benchmarks import ts_reactions
+
+    with user_errors("bench_ts_search.py"):
+        methods = select_methods(TS_SEARCH_METHODS, args.methods)
+        reactions = [r for r in load_reaction_set(args.reactions) if args.only is None or r.name in args.only]
+        if not reactions:
+            raise ValueError(f"{args.reactions}: no labelled reactions selected (scripts/label_reactions.py)")
+        print(f"{len(reactions)} reactions: {', '.join(r.name for r in reactions)}; not labelled: "
+              f"{', '.join(missing_reactions(args.reactions)) or 'none'}")
+        options = {"criteria": GAUSSIAN_CRITERIA[args.criteria], "ts_steps": args.max_steps,
+                   "irc_steps": args.irc_steps, "energy": args.energy}
+        settings = {**common_settings(args), "start": "reactions", "reactions": str(Path(args.reactions).resolve()),
+                    "max_steps": args.max_steps, "criteria": args.criteria, "irc_steps": args.irc_steps}
+        calculators = model_calculators(args.ckpt, args.device)
+        log = ResultsLog(args.output, settings, ("reaction", "method"))
+        level = {"xc": args.dft_xc, "basis": args.dft_basis, "grid_level": args.dft_grid_level}
+        dft_log = ResultsLog(Path(args.output) / "dft", level, ("reaction", "method")) if args.dft_verify else None
+    tasks = [(r, s) for r in reactions for s in methods if not log.done(reaction=r.name, method=s.key)]
+    with tqdm(tasks, desc="reactions", unit="run") as bar:
+        for reaction, spec in bar:
+            bar.set_postfix_str(f"{reaction.name} {spec.key}")
+            row = ts_reactions.run_reaction(reaction, spec, calculators[spec.hessian],
+                                            ts_reactions.reaction_settings(spec, **options))
+            if row["error"]:
+                tqdm.write(f"{reaction.name} {spec.key}: stopped at {row['failed_stage']}: {row['error']}")
+            log.add(row)
+    labels = {s.key: s.label for s in methods}
+    names = {r.name for r in reactions}
+    rows = [r for r in log.rows if r["method"] in labels and r["reaction"] in names]
+    dft_rows: list[dict] = []
+    if dft_log is not None:
+        found = [[r for r in rows if r["method"] == key and r["passed"].get("ts_success")][:args.dft_verify]
+                 for key in labels]
+        todo = [r for rank in zip_longest(*found) for r in rank if r is not None]  # methods interleaved
+        for row in tqdm(todo, desc="DFT verification", unit="TS"):
+            if not dft_log.done(reaction=row["reaction"], method=row["method"]):
+                dft_log.add(ts_reactions.dft_check(row, **level))
+        chosen = {(r["reaction"], r["method"]) for r in todo}
+        dft_rows = [d for d in dft_log.rows if (d["reaction"], d["method"]) in chosen]
+    table = ts_reactions.summarize(rows, dft_rows, labels)
+    text = (f"TS search from reactant + product (paper Fig. 4): {len(reactions)} reactions of {args.reactions}, "
+            f"geodesic path, RS-P-RFO ({args.max_steps} steps, Gaussian {args.criteria}), IRC {args.irc_steps} steps; "
+            f"% of all reactions; DFT checks {args.dft_xc}/{args.dft_basis}, grid {args.dft_grid_level}\n"
+            + format_table(table, ts_reactions.COLUMNS, digits=2))
+    write_report(args.output, text, table, ts_reactions.COLUMNS, lambda path: ts_reactions.plot(path, table),
+                 "bench_ts_search")
+    return table
+
+
+def from_guesses(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``--start guesses`` (module docstring): RS-P-RFO from TS guesses."""
     with user_errors("bench_ts_search.py"):
         methods = select_methods(TS_SEARCH_METHODS, args.methods)
         guesses = select_molecules(args.data, args.indices, args.stride, args.max_molecules,

@@ -7,7 +7,8 @@ For each reaction of :data:`hip.data.reactions.REACTIONS` (smallest first) the g
 path, RS-P-RFO from its highest image (one DFT Hessian at the start of each Sella run, then Sella's
 TS-BFGS updates), the TS rule (exactly one imaginary mode below −10 cm⁻¹), IRC both ways, intended, and
 RRHO thermochemistry at 298.15 K from the analytic DFT Hessians. The grid and SCF are finer than
-HORM's default (``--grid-level 4``, ``--conv-tol 1e-10``): these are reference values.
+HORM's default (``--grid-level 4``, ``--conv-tol 1e-10``) and the forces include the grid response (exact
+derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/Bohr): reference values.
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
@@ -51,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def label(name: str, args: argparse.Namespace) -> dict:
     """Run the pipeline on reaction ``name`` and write its files; returns its record."""
-    level = {"xc": args.xc, "basis": args.basis, "grid_level": args.grid_level, "conv_tol": args.conv_tol}
+    level = {"xc": args.xc, "basis": args.basis, "grid_level": args.grid_level, "conv_tol": args.conv_tol,
+             "grid_response": True}  # forces exact derivatives of the energy: tight convergence needs it
     calc = DFTCalculator(**level)
     settings = ReactionSettings(criteria=GAUSSIAN_CRITERIA[args.criteria], hessian_every_step=False)
     reactant, product = guess_pair(name, args.directory)

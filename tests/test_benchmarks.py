@@ -38,3 +38,21 @@ def test_write_report_writes_table_summary_and_figure(tmp_path, capsys):
         rows = list(csv.reader(f))
     assert rows[0] == ["method", "a", "b"] and rows[1] == ["RFO (HIP)", "1.5", "2.0"] and rows[2][0] == "FIRE (ASE)"
     assert matplotlib.image.imread(tmp_path / "bench_x.png").ndim == 3
+
+
+def test_rescaled_noise_has_exactly_the_requested_rms_and_is_seeded():
+    import numpy as np
+    import pytest
+    from ase.build import molecule
+
+    from hip.benchmarks import perturb
+
+    atoms = molecule("CH3CHO")
+    starts = [perturb(atoms, 0.05, np.random.default_rng(3), exact=True) for _ in range(2)]
+    displacement = starts[0].positions - atoms.positions
+    assert np.sqrt((displacement**2).sum(axis=1).mean()) == pytest.approx(0.05, rel=1e-12)
+    np.testing.assert_array_equal(starts[0].positions, starts[1].positions)
+    gaussian = perturb(atoms, 0.05, np.random.default_rng(3))  # RMS 0.05 Å only in expectation
+    assert abs(np.sqrt(((gaussian.positions - atoms.positions) ** 2).sum(axis=1).mean()) - 0.05) > 1e-6
+    with pytest.raises(ValueError, match=r"keeps the atoms 5\.0 Å apart"):
+        perturb(atoms, 0.05, np.random.default_rng(0), min_distance=5.0, exact=True)

@@ -161,3 +161,44 @@ def test_dft_verify_records_a_failed_calculation_instead_of_raising():
     check = dft_verify(Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]]), basis="sto-3g")  # 9 electrons: no RKS
     assert check.error.startswith("ValueError") and "odd number of electrons" in check.error
     assert check.negative_modes is None and not check.ts and not check.converged_ts
+
+
+def test_grid_response_makes_forces_the_exact_derivative_of_the_energy():
+    """On a coarse grid the forces without grid response miss the energy's slope; with it they match."""
+    pytest.importorskip("pyscf")
+    coarse = {**CHEAP, "grid_level": 0}
+    step, (i, a) = 1e-4, (1, 1)
+    plus, minus = WATER_POS.copy(), WATER_POS.copy()
+    plus[i, a] += step
+    minus[i, a] -= step
+    fd = -(dft.label_molecule(WATER_Z, plus, hessian=False, **coarse).energy
+           - dft.label_molecule(WATER_Z, minus, hessian=False, **coarse).energy) / (2 * step)
+    errors = {response: abs(dft.label_molecule(WATER_Z, WATER_POS, hessian=False, grid_response=response,
+                                               **coarse).forces[i, a] - fd) for response in (False, True)}
+    assert errors[True] < 1e-4 < errors[False], errors
+
+
+def test_the_calculator_starts_from_the_last_density_and_computes_each_hessian_once(monkeypatch):
+    pytest.importorskip("pyscf")
+    calc = dft.DFTCalculator(**CHEAP)
+    atoms = Atoms(numbers=WATER_Z, positions=WATER_POS)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.positions[0, 2] += 0.02
+    calls = []
+    original = dft.label_molecule
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("initial_density") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dft, "label_molecule", spy)
+    forces, hessian = atoms.get_forces(), calc.get_hessian(atoms)
+    fresh = original(WATER_Z, atoms.positions, **CHEAP)
+    np.testing.assert_allclose(forces, fresh.forces, atol=1e-6)  # the same SCF solution from another start
+    np.testing.assert_allclose(hessian, fresh.hessian, atol=1e-5)
+    atoms.positions[0, 2] -= 0.02
+    atoms.get_potential_energy()
+    atoms.positions[0, 2] += 0.02
+    np.testing.assert_array_equal(calc.get_hessian(atoms), hessian)  # from the cache
+    assert calls == [True, True, True]  # forces, Hessian, the energy in between; the cached Hessian: none

@@ -24,6 +24,7 @@ from helpers import DoubleWell, double_well_energy
 from hip.extrema import is_first_order_saddle
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.reaction import (
+    INTENDED_RMSD_TOLERANCE,
     STAGES,
     ReactionSettings,
     bonds,
@@ -212,3 +213,30 @@ def test_a_nearly_linear_molecule_is_analysed_as_linear():
 
 
 # ---- HCN ⇌ HNC (with DFT end to end in tests/test_react_script.py) ----------------------------------------
+
+
+def test_a_complex_of_fragments_matches_by_its_bonds_and_its_irc_end_becomes_that_side():
+    """H2CO → H2 + CO: the loose complex the IRC reaches has the product's bonds but H2 elsewhere; it is
+    the product, and thermochemistry then uses the IRC's end. A single molecule still needs the geometry."""
+    from hip.data.reactions import guess_pair
+    from hip.reaction import StageRecord, _Pipeline
+
+    reactant, product = molecule("H2CO"), Atoms("OCHH", [[0, 0, 0.6], [0, 0, -0.53], [0, 0.37, -3.3],
+                                                          [0, -0.37, -3.3]])
+    elsewhere = product.copy()
+    elsewhere.positions[2:] += [3.0, 0.0, 2.0]
+    pipeline = _Pipeline(reactant, product, None, ReactionSettings())
+    pipeline.irc_ends, pipeline.result.irc = [elsewhere, reactant.copy()], [reactant, elsewhere]
+    record = StageRecord()
+    pipeline.intended(record)
+    assert record.success and record.details["matches"] == ["product", "reactant"]
+    assert record.details["forward"]["product"]["rmsd"] > INTENDED_RMSD_TOLERANCE
+    np.testing.assert_array_equal(pipeline.result.product.positions, elsewhere.positions)
+    assert record.details["replaced_by_irc_end"] == ["product"]
+
+    cis, trans = guess_pair("hono_cis_trans")  # one fragment each, the same bonds
+    pipeline = _Pipeline(cis, trans, None, ReactionSettings())
+    pipeline.irc_ends = [cis.copy(), cis.copy()]
+    record = StageRecord()
+    pipeline.intended(record)
+    assert not record.success and record.details["matches"] == ["reactant", "reactant"]

@@ -9,7 +9,7 @@ bench_zpe.py; paper Fig. 3, Fig. 4, Table 2), apart from the library a user's wo
 * :mod:`~hip.benchmarks.report`: the printed table, ``summary.csv``, ``table.txt`` and figures.
 """
 
-from hip.benchmarks.cli import add_common_arguments, add_dft_arguments, common_settings, parse_benchmark_args
+from hip.benchmarks.cli import add_common_arguments, add_dft_arguments, common_settings
 from hip.benchmarks.methods import (
     HESSIAN_LABELS,
     RELAXATION_METHODS,
@@ -35,7 +35,6 @@ __all__ = [
     "figure",
     "load_molecules",
     "model_calculators",
-    "parse_benchmark_args",
     "perturb",
     "quartiles",
     "select_methods",

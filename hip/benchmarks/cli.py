@@ -10,15 +10,14 @@ from typing import Any
 from hip.optimize import OptimizerSpec
 
 
-def add_common_arguments(parser, data: Sequence[str], stride: int, output: str, max_molecules: int | None,
-                         methods: Sequence[OptimizerSpec] = ()) -> None:
+def add_common_arguments(parser, data: Sequence[str], output: str, max_molecules: int | None,
+                         methods: Sequence[OptimizerSpec] = (), energy: str = "model", time_limit: float = 0.0) -> None:
     """Add the options every downstream benchmark script shares to an ``argparse`` parser.
 
     ``--ckpt --device --data --indices --stride --max-molecules --smallest-first --output``, and, when
-    ``methods`` are given, ``--methods`` (their keys), ``--energy`` and ``--time-limit``. Parse with
-    :func:`parse_benchmark_args`, which resolves ``--stride``: ``stride`` applies to sources in the
-    default ``data``'s folder when no ``--indices`` are given (5 picks the equilibrium geometries, variant
-    0, of ``data/embedded``'s shards); any other input keeps every molecule unless ``--stride`` is given.
+    ``methods`` are given, ``--methods`` (their keys), ``--energy`` and ``--time-limit`` (defaults ``energy``
+    and ``time_limit``: the authors' protocol is the model's energy and no time limit). ``--stride 5``
+    picks the equilibrium geometries (variant 0) of ``data/embedded``'s shards.
     """
     from hip.calculator import DEFAULT_CHECKPOINT
 
@@ -27,23 +26,20 @@ def add_common_arguments(parser, data: Sequence[str], stride: int, output: str, 
     parser.add_argument("--data", nargs="+", default=list(data),
                         help="HORM-format .lmdb shards or ASE-readable files (default: %(default)s)")
     parser.add_argument("--indices", type=int, nargs="+", help="raw indices / frames taken from each source")
-    folders = sorted({str(Path(d).parent) for d in data})
-    parser.add_argument("--stride", type=int, default=None,
-                        help=f"keep every k-th (default: {stride} for shards in {', '.join(folders)} without "
-                             "--indices, else 1)")
-    parser.set_defaults(default_data_stride=stride)
+    parser.add_argument("--stride", type=int, default=1,
+                        help="keep every k-th of the selected molecules (5: variant 0 of each data/embedded molecule)")
     parser.add_argument("--max-molecules", type=int, default=max_molecules, help="default: %(default)s")
     parser.add_argument("--smallest-first", action="store_true", help="sort by atom count before trimming")
     parser.add_argument("--output", default=output, help="results directory, resumable (default: %(default)s)")
     if methods:
         parser.add_argument("--methods", nargs="+", choices=[m.key for m in methods],
                             default=[m.key for m in methods], help="default: all")
-        parser.add_argument("--energy", choices=("work", "model"), default="work",
-                            help="energy the trust-radius update sees: the force work along the path "
-                                 "(default, see hip.optimize.WorkEnergy) or the model's energy head")
-        parser.add_argument("--time-limit", type=float, default=60.0,
-                            help="stop a run after this many seconds, counted as not converged; 0: no limit "
-                                 "(default: %(default)s; keeps per-step AD/FD runs affordable on a CPU)")
+        parser.add_argument("--energy", choices=("work", "model"), default=energy,
+                            help="energy the trust-radius update sees: the model's energy head (the authors') or "
+                                 "the force work along the path (hip.optimize.WorkEnergy) (default: %(default)s)")
+        parser.add_argument("--time-limit", type=float, default=time_limit,
+                            help="stop a run after this many seconds, counted as not converged; 0: no limit, the "
+                                 "authors' protocol (default: %(default)s)")
 
 
 def add_dft_arguments(parser) -> None:
@@ -52,17 +48,6 @@ def add_dft_arguments(parser) -> None:
 
     parser.add_argument("--dft-basis", default=HORM_BASIS, help="DFT basis (default HORM's: %(default)s)")
     parser.add_argument("--dft-xc", default=HORM_XC, help="DFT functional (default HORM's: %(default)s)")
-
-
-def parse_benchmark_args(parser, argv: Sequence[str] | None = None):
-    """``parser.parse_args(argv)`` with ``--stride`` resolved (see :func:`add_common_arguments`)."""
-    args = parser.parse_args(argv)
-    if args.stride is None:
-        folders = {Path(d).resolve().parent for d in parser.get_default("data")}
-        default_input = args.indices is None and all(Path(d).resolve().parent in folders for d in args.data)
-        args.stride = args.default_data_stride if default_input else 1
-    del args.default_data_stride
-    return args
 
 
 def common_settings(args) -> dict[str, Any]:

@@ -1,0 +1,103 @@
+"""The embedded DFT reaction set (data/reactions, hip.data.reactions): its file format and its chemistry."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from helpers import hcn_and_hnc
+
+from hip.convergence import GAUSSIAN_CRITERIA
+from hip.data.reactions import (
+    REACTION_SET_DIR,
+    REACTIONS,
+    ROLES,
+    guess_pair,
+    load_reaction,
+    load_reaction_set,
+    missing_reactions,
+    stationary_frame,
+)
+from hip.extrema import TS_THRESHOLD_CM1, count_imaginary
+from hip.reaction import bonds
+from hip.vibrations import vibrational_analysis
+
+LABELLED = load_reaction_set()
+
+
+def write_reaction(directory, name="hcn_hnc", roles=ROLES, seed=0):
+    rng = np.random.default_rng(seed)
+    reactant, product = hcn_and_hnc()
+    ts = reactant.copy()
+    ts.positions[0] = [1.1, 0.0, 0.5]
+    frames, hessians = [], {}
+    for role, atoms in zip(roles, (reactant, ts, product), strict=True):
+        a = rng.normal(size=(9, 9)) * 10
+        hessians[role] = a + a.T
+        frames.append(stationary_frame(atoms, role, name, -2500.0 - rng.random(), rng.normal(size=(3, 3)),
+                                       hessians[role]))
+    ase.io.write(directory / f"{name}.extxyz", frames, format="extxyz")
+    (directory / f"{name}.json").write_text(json.dumps({"failed_stage": None}))
+    return frames, hessians
+
+
+def test_a_written_reaction_reads_back_with_its_energies_forces_and_hessians(tmp_path):
+    frames, hessians = write_reaction(tmp_path)
+    reaction = load_reaction("hcn_hnc", tmp_path)
+    for role, frame in zip(ROLES, frames, strict=True):
+        got = getattr(reaction, role)
+        np.testing.assert_allclose(got.positions, frame.positions, atol=1e-8)
+        assert got.get_potential_energy() == pytest.approx(frame.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(got.get_forces(), frame.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(reaction.hessians[role], hessians[role], atol=1e-6)
+    assert reaction.description == REACTIONS["hcn_hnc"][0]
+
+
+def test_missing_or_malformed_reactions_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"hcn_hnc\.json.*not labelled"):
+        load_reaction("hcn_hnc", tmp_path)
+    (tmp_path / "hcn_hnc.json").write_text(json.dumps({"failed_stage": "ts_success"}))
+    with pytest.raises(FileNotFoundError, match=r"hcn_hnc\.extxyz.*stopped at stage 'ts_success'"):
+        load_reaction("hcn_hnc", tmp_path)
+    write_reaction(tmp_path, roles=("reactant", "product", "ts"))
+    with pytest.raises(ValueError, match=r"hcn_hnc\.extxyz: frames have roles \['reactant', 'product', 'ts'\]"):
+        load_reaction("hcn_hnc", tmp_path)
+    with pytest.raises(ValueError, match=r"Hessian has shape \(3, 3\)"):
+        stationary_frame(hcn_and_hnc()[0], "ts", "x", 0.0, np.zeros((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(FileNotFoundError, match="no guesses for reaction 'nope'"):
+        guess_pair("nope", tmp_path)
+    assert missing_reactions(tmp_path) == [name for name in REACTIONS if name != "hcn_hnc"]
+
+
+def test_every_guess_pair_is_the_same_atoms_with_different_bonds_or_geometry():
+    for name in REACTIONS:
+        reactant, product = guess_pair(name)
+        assert (reactant.numbers == product.numbers).all() and len(reactant) <= 7
+        assert set(reactant.get_chemical_symbols()) <= {"H", "C", "N", "O"} and sum(reactant.numbers) % 2 == 0
+
+
+@pytest.mark.skipif(not LABELLED, reason="no labelled reactions (scripts/label_reactions.py)")
+@pytest.mark.parametrize("reaction", LABELLED, ids=lambda r: r.name)
+def test_labelled_reactions_are_dft_stationary_points_of_the_right_kind(reaction):
+    """Minima without an imaginary mode, a TS with exactly one, all at Gaussian tight forces (as labelled),
+    the barriers in the record equal the stored energies, and the TS's IRC ends are the two minima."""
+    tight = GAUSSIAN_CRITERIA["tight"]
+    for role in ROLES:
+        atoms = getattr(reaction, role)
+        nu = vibrational_analysis(reaction.hessians[role], atoms.positions, atoms.numbers).frequencies
+        assert count_imaginary(nu, TS_THRESHOLD_CM1) == (role == "ts"), (role, nu[:3])
+        check = tight.measure(atoms.get_forces(), np.zeros_like(atoms.positions), atoms.positions)
+        assert check.max_force < tight.max_force and check.rms_force < tight.rms_force, role
+    energy = {role: getattr(reaction, role).get_potential_energy() for role in ROLES}
+    assert reaction.summary["barrier_forward_eV"] == pytest.approx(energy["ts"] - energy["reactant"], abs=1e-6)
+    assert reaction.summary["barrier_reverse_eV"] == pytest.approx(energy["ts"] - energy["product"], abs=1e-6)
+    assert reaction.summary["stages"]["intended"]["success"]
+    guess_r, guess_p = guess_pair(reaction.name)
+    assert bonds(reaction.reactant) == bonds(guess_r) and bonds(reaction.product) == bonds(guess_p)
+
+
+def test_at_least_eight_reactions_are_labelled():
+    assert len(LABELLED) >= 8, f"labelled: {[r.name for r in LABELLED]}; missing: {missing_reactions()}"
+    assert {r.name for r in LABELLED} <= set(REACTIONS) and REACTION_SET_DIR.is_dir()
