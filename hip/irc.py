@@ -79,9 +79,10 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
     Each direction starts along the lowest mode of the mass-weighted Hessian from ``hessian_function``
     and takes up to ``irc_steps`` steps of ``irc_dx`` (Å·√amu), stopping early once the forces fall
     below the looser of ``criteria.max_force`` and Gaussian's default (the end is relaxed to ``criteria``
-    next, so tight criteria need not be met by the IRC's small steps). Each end point is then relaxed with RS-RFO and TS-BFGS updates from
-    an initial Hessian of the same source (``criteria``, ``relax_steps``), and its negative modes are
-    counted (:func:`count_negative_modes`). ReactBench's check that the ends are the reaction's known
+    next, so tight criteria need not be met by the IRC's small steps). Each end point is then relaxed
+    with RS-RFO and TS-BFGS updates from an initial Hessian of the same source (``criteria``,
+    ``relax_steps``), and its negative modes are counted (:func:`count_negative_modes`). ReactBench's
+    check that the ends are the reaction's known
     reactant and product needs those; without them "verified" means two distinct minima (paper A.6.2,
     stage 3).
 

@@ -15,6 +15,7 @@ succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (
 
     python scripts/label_reactions.py                   # all, resumes; hours on one core
     python scripts/label_reactions.py --only hcn_hnc --threads 2
+    python scripts/label_reactions.py --report --temperatures 298.15 500   # the data card's table
 """
 
 from __future__ import annotations
@@ -47,7 +48,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--criteria", choices=list(GAUSSIAN_CRITERIA), default="tight",
                    help="Gaussian convergence criteria for every optimisation (paper Table 13)")
     p.add_argument("--threads", type=int, default=None, help="PySCF threads (default: OMP_NUM_THREADS)")
+    p.add_argument("--report", action="store_true", help="print the labelled reactions' table and exit")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[298.15], help="K, for --report's rates")
     return p.parse_args(argv)
+
+
+def report(args: argparse.Namespace) -> None:
+    """A markdown table of the labelled reactions: barriers, ν‡, wall time, k(T) at ``--temperatures``."""
+    from hip.data.reactions import energetics, load_reaction_set, missing_reactions
+    from hip.kinetics import EV_TO_KJ_PER_MOL
+
+    columns = ["reaction", "atoms", "ν‡ [cm⁻¹]", "ΔE‡ fwd/rev [kJ/mol]", "ΔG‡(298 K) fwd/rev [kJ/mol]",
+               *(f"k({t:g} K) [s⁻¹]" for t in args.temperatures), "labelling [min]"]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for reaction in load_reaction_set(args.directory):
+        e298 = energetics(reaction)
+        rates = [f"{energetics(reaction, t).rate_constant_forward:.2e}" for t in args.temperatures]
+        kj = EV_TO_KJ_PER_MOL
+        cells = [reaction.description, str(len(reaction.ts)), f"{e298.imaginary_frequency_cm1:.0f}",
+                 f"{e298.barrier_forward * kj:.1f} / {e298.barrier_reverse * kj:.1f}",
+                 f"{e298.gibbs_barrier_forward * kj:.1f} / {e298.gibbs_barrier_reverse * kj:.1f}", *rates,
+                 f"{reaction.summary['seconds'] / 60:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+    if missing := missing_reactions(args.directory):
+        print(f"\nnot labelled (or failed; see the json): {', '.join(missing)}")
 
 
 def label(name: str, args: argparse.Namespace) -> dict:
@@ -83,6 +107,9 @@ def label(name: str, args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        report(args)
+        return 0
     if args.threads:
         from pyscf import lib
 

@@ -133,3 +133,20 @@ def load_reaction_set(directory: str | os.PathLike = REACTION_SET_DIR) -> list[L
 def missing_reactions(directory: str | os.PathLike = REACTION_SET_DIR) -> list[str]:
     """Names of :data:`REACTIONS` without labelled structures in ``directory``."""
     return [name for name in REACTIONS if not (Path(directory) / f"{name}.extxyz").is_file()]
+
+
+def energetics(reaction: LabelledReaction, temperature: float = 298.15, pressure: float = 101325.0):
+    """:class:`hip.kinetics.Energetics` (barriers eV, Wigner-corrected Eyring rates s⁻¹) of ``reaction`` at
+    ``temperature`` K from its stored DFT energies and Hessians: what ``react.py calculator=dft`` computes
+    there, at any temperature. For a dissociation the product is the loose complex the IRC reached.
+    """
+    from hip import kinetics
+    from hip.vibrations import vibrational_analysis
+
+    points = {role: kinetics.stationary_point(getattr(reaction, role), reaction.hessians[role],
+                                              getattr(reaction, role).get_potential_energy(), temperature, pressure)
+              for role in ROLES}
+    ts = reaction.ts
+    nu = vibrational_analysis(reaction.hessians["ts"], ts.positions, ts.numbers).frequencies
+    return kinetics.reaction_energetics(points["reactant"], points["ts"], points["product"], float(nu[0]),
+                                        temperature)
