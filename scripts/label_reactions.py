@@ -12,6 +12,8 @@ derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/B
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
+A reaction being labelled holds ``.<name>.lock`` (its process id), so several processes can share the
+list (e.g. one per core, ``--only`` in different orders); a lock whose process is gone is taken over.
 
     python scripts/label_reactions.py                   # all, resumes; hours on one core
     python scripts/label_reactions.py --only hcn_hnc --threads 2
@@ -105,6 +107,22 @@ def label(name: str, args: argparse.Namespace) -> dict:
     return record
 
 
+def claim(path: Path) -> bool:
+    """Create the lock file ``path`` holding this process id; False if a live process holds it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):  # its process is gone: take it over
+            path.unlink(missing_ok=True)
+            return claim(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
@@ -118,8 +136,15 @@ def main(argv=None) -> int:
         if (args.directory / f"{name}.json").is_file() and not args.redo:
             print(f"{name}: labelled already ({args.directory / f'{name}.json'}), skipped", flush=True)
             continue
+        lock = args.directory / f".{name}.lock"
+        if not claim(lock):
+            print(f"{name}: being labelled by process {lock.read_text()}, skipped", flush=True)
+            continue
         print(f"{name}: {REACTIONS[name][0]}", flush=True)
-        record = label(name, args)
+        try:
+            record = label(name, args)
+        finally:
+            lock.unlink(missing_ok=True)
         status = "done" if record["failed_stage"] is None else f"stopped at {record['failed_stage']}"
         print(f"{name}: {status} in {record['seconds'] / 60:.1f} min; ΔE‡ {record['barrier_forward_eV']} eV, "
               f"ΔG‡ {record['gibbs_barrier_forward_eV']} eV, ν‡ {record['imaginary_frequency_cm1']} cm⁻¹", flush=True)
