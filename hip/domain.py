@@ -235,7 +235,7 @@ class DomainWarning:
 def covalent_bonds(numbers: Sequence[int], positions: np.ndarray, scale: float) -> np.ndarray:
     """Which atom pairs are bonded: closer than ``scale`` × (r_cov,i + r_cov,j), ASE's covalent radii
     (``natural_cutoffs``, Cordero et al. 2008). The one connectivity rule of the project: fragments
-    here (:data:`FRAGMENT_BOND_SCALE`), reactant/product bonds in :mod:`hip.reaction`.
+    here (:data:`FRAGMENT_BOND_SCALE`), reactant/product bonds in :mod:`hip.irc` (the reaction's intended check).
 
     Args:
         numbers: [N] atomic numbers.

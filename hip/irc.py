@@ -2,7 +2,8 @@
 
 :func:`irc_verify` follows Sella's IRC from a transition state both ways, relaxes both ends with
 RS-RFO (:func:`hip.optimize.optimize`) and classifies them by their negative modes
-(:func:`hip.optimize.count_negative_modes`). Units: positions Å, Hessians eV/Å², IRC steps Å·√amu.
+(:func:`hip.optimize.count_negative_modes`); :func:`same_structure` says whether an end is a given
+reactant or product (same covalent bonds, aligned RMSD). Units: positions Å, Hessians eV/Å², IRC steps Å·√amu.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from hip.optimize import (
     optimize,
 )
 
+#: An IRC end is the reactant (product) if it has the same bonds and an aligned RMSD below this, Å:
+#: loose enough for soft modes (methyl rotations, floppy angles) that relax differently, while the
+#: bonds decide the chemistry.
+INTENDED_RMSD_TOLERANCE = 0.3
+#: Bonds are pairs closer than this × the sum of covalent radii (:func:`hip.domain.covalent_bonds`): real
+#: bonds exceed that sum by a few per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
+#: Stricter than :data:`hip.domain.FRAGMENT_BOND_SCALE` (1.5), which must keep stretched TS bonds together.
+INTENDED_BOND_SCALE = 1.2
+
 
 def aligned_rmsd(a: Atoms, b: Atoms) -> float:
     """RMSD (Å) between two geometries of the same atoms after optimal superposition (ASE's Kabsch fit).
@@ -42,6 +52,28 @@ def aligned_rmsd(a: Atoms, b: Atoms) -> float:
     moved = b.copy()
     minimize_rotation_and_translation(a, moved)
     return float(np.sqrt(((a.positions - moved.positions) ** 2).sum(1).mean()))
+
+
+def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
+    """Atom pairs (i < j) closer than :data:`INTENDED_BOND_SCALE` × the sum of their covalent radii
+    (:func:`hip.domain.covalent_bonds`)."""
+    from hip.domain import covalent_bonds
+
+    close = covalent_bonds(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE)
+    return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
+
+
+def n_fragments(atoms: Atoms) -> int:
+    """Number of covalently bonded fragments at :data:`INTENDED_BOND_SCALE` (:func:`hip.domain.fragments`)."""
+    from hip.domain import fragments
+
+    return len(fragments(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE))
+
+
+def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, float]:
+    """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms."""
+    rmsd = aligned_rmsd(a, b)
+    return bonds(a) == bonds(b) and rmsd < rmsd_tolerance, rmsd
 
 
 @dataclass

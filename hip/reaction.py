@@ -42,17 +42,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from hip import kinetics
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary, is_first_order_saddle
-from hip.irc import aligned_rmsd, irc_verify
+from hip.irc import (
+    INTENDED_RMSD_TOLERANCE,
+    bonds,
+    irc_verify,
+    n_fragments,
+    same_structure,
+)
 from hip.optimize import OptimizerSpec, WorkEnergy, optimize
 
-#: An IRC end is the reactant (product) if it has the same bonds and an aligned RMSD below this, Å:
-#: loose enough for soft modes (methyl rotations, floppy angles) that relax differently, while the
-#: bonds decide the chemistry.
-INTENDED_RMSD_TOLERANCE = 0.3
-#: Bonds are pairs closer than this × the sum of covalent radii (:func:`hip.domain.covalent_bonds`): real
-#: bonds exceed that sum by a few per cent (C–H 1.09 Å against 0.31 + 0.76 Å); 1.2 is the usual allowance.
-#: Stricter than :data:`hip.domain.FRAGMENT_BOND_SCALE` (1.5), which must keep stretched TS bonds together.
-INTENDED_BOND_SCALE = 1.2
 #: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
 IDENTICAL_RMSD = 0.05
 #: The order of the pipeline's stages (``dft_verify`` is an optional check after them).
@@ -66,27 +64,6 @@ def dft_calculator(**label_kwargs) -> Calculator:
     from hip.dft import DFTCalculator  # PySCF: imported only when DFT is asked for
 
     return DFTCalculator(**label_kwargs)
-
-
-def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
-    """Atom pairs (i < j) closer than :data:`INTENDED_BOND_SCALE` × the sum of their covalent radii
-    (:func:`hip.domain.covalent_bonds`)."""
-    from hip.domain import covalent_bonds
-
-    close = covalent_bonds(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE)
-    return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
-
-
-def _n_fragments(atoms: Atoms) -> int:
-    from hip.domain import fragments
-
-    return len(fragments(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE))
-
-
-def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, float]:
-    """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms."""
-    rmsd = aligned_rmsd(a, b)
-    return bonds(a) == bonds(b) and rmsd < rmsd_tolerance, rmsd
 
 
 def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "reactant",
@@ -377,7 +354,7 @@ class _Pipeline:
 
     def intended(self, record: StageRecord) -> None:
         references = {"reactant": self.result.reactant, "product": self.result.product}
-        loose = {name: _n_fragments(ref) > 1 for name, ref in references.items()}
+        loose = {name: n_fragments(ref) > 1 for name, ref in references.items()}
         matches = []
         for direction, end in zip(("forward", "reverse"), self.irc_ends, strict=True):
             found = {name: same_structure(end, ref, self.settings.intended_rmsd) for name, ref in references.items()}

@@ -22,9 +22,9 @@ from ase.build import molecule
 from helpers import DoubleWell, double_well_energy
 
 from hip.extrema import is_first_order_saddle
+from hip.irc import INTENDED_RMSD_TOLERANCE
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.reaction import (
-    INTENDED_RMSD_TOLERANCE,
     STAGES,
     ReactionSettings,
     bonds,

@@ -21,7 +21,7 @@ from hip.data.reactions import (
     stationary_frame,
 )
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary
-from hip.reaction import bonds
+from hip.irc import bonds
 from hip.vibrations import vibrational_analysis
 
 LABELLED = load_reaction_set()
