@@ -109,14 +109,14 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
     """Follow the IRC from ``ts`` both ways (Sella), relax both ends to minima and check they differ.
 
     Each direction starts along the lowest mode of the mass-weighted Hessian from ``hessian_function``
-    and takes up to ``irc_steps`` steps of ``irc_dx`` (Å·√amu), stopping early once the forces fall
-    below the looser of ``criteria.max_force`` and Gaussian's default (the end is relaxed to ``criteria``
-    next, so tight criteria need not be met by the IRC's small steps). Each end point is then relaxed
-    with RS-RFO and TS-BFGS updates from an initial Hessian of the same source (``criteria``,
-    ``relax_steps``), and its negative modes are counted (:func:`count_negative_modes`). ReactBench's
-    check that the ends are the reaction's known
-    reactant and product needs those; without them "verified" means two distinct minima (paper A.6.2,
-    stage 3).
+    and takes up to ``irc_steps`` steps of ``irc_dx`` (Å·√amu), stopping early once the energy rises
+    (the path's minimum is passed: steps of fixed length oscillate there, as in pysisyphus, which stops
+    the same way) or the forces fall below the looser of ``criteria.max_force`` and Gaussian's default
+    (the end is relaxed to ``criteria`` next, so tight criteria need not be met by the IRC's steps).
+    Each end point is then relaxed with RS-RFO and TS-BFGS updates from an initial Hessian of the same
+    source (``criteria``, ``relax_steps``), and its negative modes are counted
+    (:func:`count_negative_modes`). ReactBench's check that the ends are the reaction's known reactant
+    and product needs those; without them "verified" means two distinct minima (paper A.6.2, stage 3).
 
     Args:
         ts: the transition state (positions Å; not changed).
@@ -150,9 +150,12 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "IRC inner loop failed": the relaxation follows
                 fmax = max(criteria.fmax_ev_per_a(), GAUSSIAN_CRITERIA["default"].fmax_ev_per_a())
+                previous = math.inf
                 for _ in irc.irun(fmax=fmax, steps=irc_steps, direction=direction):
-                    if time.perf_counter() > deadline:
+                    energy = end.get_potential_energy()  # of the step just taken: no new calculation
+                    if time.perf_counter() > deadline or energy > previous:  # past the path's minimum
                         break
+                    previous = energy
             end = end.copy()
             end.calc = make_calculator()
             remaining = None if time_limit is None else max(deadline - time.perf_counter(), 0.0)
