@@ -63,6 +63,10 @@ def bonds(atoms: Atoms) -> frozenset[tuple[int, int]]:
     return frozenset((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True))
 
 
+#: Perpendicular force (eV/Å) to which each IRC step's inner loop converges (Sella's default: 0.01).
+IRC_INNER_FMAX = 0.05
+
+
 def n_fragments(atoms: Atoms) -> int:
     """Number of covalently bonded fragments at :data:`INTENDED_BOND_SCALE` (:func:`hip.domain.fragments`)."""
     from hip.domain import fragments
@@ -151,7 +155,9 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
                 warnings.simplefilter("ignore", UserWarning)  # "IRC inner loop failed": the relaxation follows
                 fmax = max(criteria.fmax_ev_per_a(), GAUSSIAN_CRITERIA["default"].fmax_ev_per_a())
                 previous = math.inf
-                for _ in irc.irun(fmax=fmax, steps=irc_steps, direction=direction):
+                # each step's inner loop to 0.05 eV/Å perpendicular force (Sella: 0.01): the ends are relaxed
+                # next, so a path this close serves, at a third of the gradients
+                for _ in irc.irun(fmax=fmax, fmax_inner=IRC_INNER_FMAX, steps=irc_steps, direction=direction):
                     energy = end.get_potential_energy()  # of the step just taken: no new calculation
                     if time.perf_counter() > deadline or energy > previous:  # past the path's minimum
                         break
