@@ -5,7 +5,8 @@ For each reaction of :data:`hip.data.reactions.REACTIONS` (smallest first) the g
 ``guesses/<name>.xyz`` go through :func:`hip.reaction.find_reaction` with PySCF at ωB97X/6-31G(d)
 (:class:`hip.dft.DFTCalculator`): both ends relaxed (Gaussian ``--criteria``, tight by default), geodesic
 path, RS-P-RFO from its highest image (one DFT Hessian at the start of each Sella run, then Sella's
-TS-BFGS updates), the TS rule (exactly one imaginary mode below −10 cm⁻¹), IRC both ways, intended, and
+TS-BFGS updates), the TS rule (exactly one imaginary mode below −10 cm⁻¹), IRC both ways (steps of
+``--irc-dx`` 0.2 Å·√amu: the ends are relaxed to the criteria anyway), intended, and
 RRHO thermochemistry at 298.15 K from the analytic DFT Hessians. The grid and SCF are finer than
 HORM's default (``--grid-level 4``, ``--conv-tol 1e-10``) and the forces include the grid response (exact
 derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/Bohr): reference values.
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--conv-tol", type=float, default=1e-10, help="SCF energy threshold, Hartree (HORM: 1e-9)")
     p.add_argument("--criteria", choices=list(GAUSSIAN_CRITERIA), default="tight",
                    help="Gaussian convergence criteria for every optimisation (paper Table 13)")
+    p.add_argument("--irc-dx", type=float, default=0.2,
+                   help="IRC step, Å·√amu (default: %(default)s; the authors' benchmark: 0.1, twice the gradients)")
     p.add_argument("--threads", type=int, default=None, help="PySCF threads (default: OMP_NUM_THREADS)")
     p.add_argument("--report", action="store_true", help="print the labelled reactions' table and exit")
     p.add_argument("--temperatures", type=float, nargs="+", default=[298.15], help="K, for --report's rates")
@@ -81,7 +84,8 @@ def label(name: str, args: argparse.Namespace) -> dict:
     level = {"xc": args.xc, "basis": args.basis, "grid_level": args.grid_level, "conv_tol": args.conv_tol,
              "grid_response": True}  # forces exact derivatives of the energy: tight convergence needs it
     calc = DFTCalculator(**level)
-    settings = ReactionSettings(criteria=GAUSSIAN_CRITERIA[args.criteria], hessian_every_step=False)
+    settings = ReactionSettings(criteria=GAUSSIAN_CRITERIA[args.criteria], hessian_every_step=False,
+                                irc_dx=args.irc_dx)
     reactant, product = guess_pair(name, args.directory)
     start = time.perf_counter()
 
@@ -91,7 +95,8 @@ def label(name: str, args: argparse.Namespace) -> dict:
 
     result = find_reaction(reactant, product, calc, settings, progress=progress)
     record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1], "level": level,
-              "criteria": args.criteria, "seconds": time.perf_counter() - start, **result.as_dict()}
+              "criteria": args.criteria, "irc_dx": args.irc_dx, "seconds": time.perf_counter() - start,
+              **result.as_dict()}
     if result.failed_stage is None:
         frames = []
         for role in ("reactant", "ts", "product"):

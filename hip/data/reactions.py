@@ -1,7 +1,7 @@
 """The embedded DFT reaction set (``data/reactions/``, data card ``data/reactions/README.md``).
 
-Small closed-shell H/C/N/O reactions from the classic transition-state test sets (Baker & Chan 1996;
-Birkholz & Schlegel 2015), each with its reactant, transition state (TS) and product optimised with
+Small closed-shell H/C/N/O reactions from Baker's transition-state test set (Baker & Chan 1996) and
+other classic small-molecule examples, each with its reactant, transition state (TS) and product optimised with
 PySCF at ωB97X/6-31G(d) by :func:`hip.reaction.find_reaction` (``scripts/label_reactions.py``), and
 the DFT energy, forces and Hessian at all three. Files per reaction ``name``:
 
@@ -29,17 +29,18 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 #: ``data/reactions`` of this checkout.
 REACTION_SET_DIR = Path(__file__).resolve().parents[2] / "data" / "reactions"
-#: The reactions, smallest first (labelling order): name → (reaction, test set it comes from).
+#: The reactions, smallest first (labelling order): name → (reaction, where it comes from). "Baker": J. Baker
+#: and F. Chan, J. Comput. Chem. 17, 888 (1996), the 25-TS test set; "classic": a textbook small-molecule TS.
 REACTIONS: dict[str, tuple[str, str]] = {
-    "hcn_hnc": ("HCN → HNC", "Baker; Birkholz–Schlegel"),
-    "hono_cis_trans": ("cis-HONO → trans-HONO", "Birkholz–Schlegel"),
+    "hcn_hnc": ("HCN → HNC", "Baker"),
+    "hono_cis_trans": ("cis-HONO → trans-HONO", "classic (torsion)"),
     "hcch_h2cc": ("HC≡CH → H₂C=C:", "Baker"),
     "h2co_h2_co": ("H₂CO → H₂ + CO", "Baker"),
     "h2cnh_hcnh2": ("H₂C=NH → HC̈–NH₂", "Baker"),
-    "h2cnh_hcn_h2": ("H₂C=NH → HCN + H₂", "Baker"),
-    "hcooh_co_h2o": ("HCOOH → CO + H₂O", "Birkholz–Schlegel"),
-    "ch3nc_ch3cn": ("CH₃NC → CH₃CN", "Baker; Birkholz–Schlegel"),
-    "vinyl_alcohol_acetaldehyde": ("CH₂=CHOH → CH₃CHO", "Birkholz–Schlegel"),
+    "h2cnh_hcn_h2": ("H₂C=NH → HCN + H₂", "classic (Baker has HC̈–NH₂ → HCN + H₂)"),
+    "hcooh_co_h2o": ("HCOOH → CO + H₂O", "classic"),
+    "ch3nc_ch3cn": ("CH₃NC → CH₃CN", "classic (measured rate)"),
+    "vinyl_alcohol_acetaldehyde": ("CH₂=CHOH → CH₃CHO", "Baker"),
 }
 ROLES = ("reactant", "ts", "product")
 
