@@ -22,10 +22,10 @@ converge counts as the step budget, with the time it took), writes ``results.jso
 finished run; rerunning the same command resumes), ``summary.csv``, ``table.txt`` and ``bench_relax.png``
 (Fig. 3 style: steps and time per method, sorted by median) into ``--output``.
 
-Default input: the DFT-relaxed reactants and products of the embedded reaction set (``data/reactions``,
-:mod:`hip.data.reactions`). ``--data ../shared/horm/sample_100.lmdb --only-minima`` takes the HORM
-sample's DFT minima (no negative mode), any HORM-format shard with ``--indices`` or any ASE-readable file
-works the same.
+Default input: the DFT-relaxed reactants of the embedded reaction set (``data/reactions``,
+:mod:`hip.data.reactions`; ``--roles reactant product`` adds the products). ``--data
+../shared/horm/sample_100.lmdb --only-minima`` takes the HORM sample's DFT minima (no negative mode);
+any HORM-format shard with ``--indices`` or any ASE-readable file works the same.
 
 What still differs from the authors' runs: pysisyphus' RFOptimizer (line search, its trust-radius
 update, its redundant internals) is replaced by Sella's RS-RFO in Sella's internal coordinates; their
@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "matrix, is left out of the default methods) (default: %(default)s)")
     parser.add_argument("--trust-radius", type=float, default=AUTHORS_TRUST_RADIUS,
                         help="Sella's initial trust radius, Å (default: the authors' 0.3 Bohr = %(default).4f)")
+    parser.add_argument("--roles", nargs="+", choices=("reactant", "product"), default=["reactant"],
+                        help="reaction-set molecules to relax (default: the reactants, as the authors' T1x runs)")
     parser.add_argument("--only-minima", action="store_true",
                         help="keep only inputs whose DFT Hessian has no negative mode (HORM shards)")
     return parser.parse_args(argv)
@@ -166,12 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             methods = internal_coordinate_methods(methods, args.methods == [m.key for m in RELAXATION_METHODS])
         molecules = select_molecules(args.data, args.indices, args.stride, args.max_molecules,
                                      0 if args.only_minima else None, args.smallest_first,
-                                     roles=("reactant", "product"))
+                                     roles=args.roles)
         criteria = GAUSSIAN_CRITERIA[args.criteria]
         settings = {**common_settings(args), "noise": args.noise, "noise_draw": args.noise_draw,
                     "min_distance": args.min_distance, "seed": args.seed, "max_steps": args.max_steps,
                     "criteria": args.criteria, "coordinates": args.coordinates, "trust_radius": args.trust_radius,
-                    "only_minima": args.only_minima}
+                    "only_minima": args.only_minima, "roles": args.roles}
         calculators = model_calculators(args.ckpt, args.device)
         log = ResultsLog(args.output, settings, ("molecule", "method"))
     tasks = [(m, s) for m in molecules for s in methods if not log.done(molecule=m.name, method=s.key)]
