@@ -163,7 +163,7 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         use_fast_layers(self)
         self.set_fast_paths(True)
         self.cache_backbone(None)
-        self._compiled = None
+        self._compiled, self._compiled_enabled = None, False
 
     def set_fast_paths(self, enabled: bool = True) -> None:
         """Use the fast paths (default) or the reference path, which runs fairchem's own forwards.
@@ -233,7 +233,7 @@ class HIPEquiformerV2(EquiformerV2Backbone):
                          cell_offsets=None, offset_distances=None, neighbors=None, batch_full=data.batch,
                          atomic_numbers_full=data.atomic_numbers.long(), node_offset=0)
 
-    def set_compiled(self, enabled: bool = True, mode: str | None = None) -> None:
+    def set_compiled(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
         """Run the forward through ``torch.compile`` (:mod:`hip.model.compiled`) or eagerly (default).
 
         The compiled path runs the fast paths' modules; it compiles on the first pass (a minute or
@@ -246,6 +246,7 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         Args:
             enabled: compile (``True``) or go back to the eager forward.
             mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` (CUDA graphs) on a GPU.
+            backend: ``torch.compile`` backend (``"aot_eager"`` traces without generating code).
 
         Raises:
             ValueError: ``enabled`` with the fast paths off (the reference path stays eager).
@@ -254,12 +255,15 @@ class HIPEquiformerV2(EquiformerV2Backbone):
             raise ValueError("set_compiled: the compiled path runs the fast paths; call set_fast_paths(True) first")
         from hip.model.compiled import CompiledForward
 
-        self._compiled = CompiledForward(mode) if enabled else None
+        current = self._compiled
+        if enabled and (current is None or (current.mode, current.backend) != (mode, backend)):
+            self._compiled = CompiledForward(mode, backend)  # switching back and forth keeps the compiled graphs
+        self._compiled_enabled = enabled
 
     @property
     def compiled(self) -> bool:
         """Whether :meth:`set_compiled` switched the compiled path on."""
-        return getattr(self, "_compiled", None) is not None
+        return getattr(self, "_compiled_enabled", False)
 
     def forward(self, batch, hessian: bool = True) -> dict[str, torch.Tensor]:
         """Energy ``[B]`` eV, forces ``[N, 3]`` eV/Å and (if ``hessian``) the flat Hessian, eV/Å².
