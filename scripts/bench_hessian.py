@@ -127,8 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="JSON overrides of the HIPEquiformerV2 arguments (default: paper size, 3 Hessian layers)")
     p.add_argument("--readout-layers", type=_ints, default=None,
                    help="one model per value of num_layers_hessian, in one run (default: that of --model-kwargs)")
-    p.add_argument("--paths", type=_paths, default=list(PATHS),
-                   help="code paths of forward and HIP (eager,fast,compiled)")
+    p.add_argument("--paths", type=_paths, default=None,
+                   help="code paths of forward and HIP (default: eager,fast,compiled; with --quick eager,fast)")
     p.add_argument("--compile-cache", type=Path, default=None,
                    help="Inductor cache directory of the compiled path (default: a new, empty one, so that the "
                         "compile column is a cold compile; the cached-start column reuses it in a fresh process)")
@@ -170,6 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="short run: N 8, 14; B 4; 1 repeat; 1 s of rows; forward and HIP only past N 8")
     p.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)  # the cached-start subprocess
     args = p.parse_args(argv)
+    if args.paths is None:
+        args.paths = ["eager", "fast"] if args.quick else list(PATHS)
     if args.quick:
         args.sizes, args.batch_sizes, args.repeats, args.expensive_max_atoms = [8, 14], [4], 1, 8
         args.row_budget, args.case_budget, args.ad_vec_max_atoms, args.ad_vec_max_batch = 1.0, 5.0, 8, 0

@@ -1,8 +1,8 @@
 """The compiled path (hip.model.compiled): no graph breaks, one compile for every size, the eager path's
 numbers and gradients, and Inductor's on-disk cache reused by a fresh process.
 
-Tracing checks use the ``aot_eager`` backend (dynamo and AOT autograd, no code generation: seconds);
-the Inductor checks (generated C++ kernels) are slow on a CPU and marked so.
+Tracing checks use the ``aot_eager`` backend (dynamo and AOT autograd, no code generation: 20-40 s on
+2 CPU cores); the Inductor checks (generated C++ kernels: 2-3 minutes of compile each) are slower.
 """
 
 from __future__ import annotations
@@ -101,12 +101,14 @@ def test_forward_traces_without_graph_breaks(horm_molecules):
         assert explained.graph_count == 1
 
 
+@pytest.mark.slow
 def test_traced_path_serves_every_size_and_equals_eager(horm_molecules):
     model = tiny_model().eval()
     model._test_compile = {"backend": "aot_eager"}
     check_equal_to_eager(model, cases(horm_molecules, model))
 
 
+@pytest.mark.slow
 def test_traced_training_gradients_equal_eager(horm_molecules):
     model = tiny_model()
     model._test_compile = {"backend": "aot_eager"}
