@@ -193,6 +193,8 @@ class CompiledForward:
         self.frames = model._edge_frames("backbone", edge_vectors(batch.pos, batch.edge_index))
         inputs = dynamic((z, 0), (batch.pos, 0), (batch.edge_index, 1), (self.frames, 0), (batch.batch, 0))
         embedding, node_energy, forces = self.backbone(model, *inputs)
+        if self.mode == "reduce-overhead":  # CUDA graphs reuse their output buffers at the next replay
+            embedding, forces = embedding.clone(), forces.clone()
         energy_sum = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
         return embedding, energy_sum, forces
 
