@@ -51,8 +51,9 @@ separate, untimed run; AD and FD run only their first chunk/row there, since eve
 reuses the same working set.
 
 Examples:
-  python scripts/bench_hessian.py                       # the full run
-  python scripts/bench_hessian.py --quick               # a short run
+  python scripts/bench_hessian.py                       # the default run (N 8, 14, 30; B 1, 8; about 10 min
+                                                        # on 2 CPU cores, 4-5 of them the cold compile)
+  python scripts/bench_hessian.py --quick               # a short run (eager and fast only: 70 s)
   python scripts/bench_hessian.py --sizes 14 --batch-sizes 32 --readout-layers 1,3 --no-expensive  # issue 20
   python scripts/bench_hessian.py --sizes 14 --batch-sizes 32 --repeats 5 --no-expensive
   python scripts/bench_hessian.py --model-kwargs '{"num_layers_hessian": 1}'   # the end-to-end model
@@ -132,9 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-cache", type=Path, default=None,
                    help="Inductor cache directory of the compiled path (default: a new, empty one, so that the "
                         "compile column is a cold compile; the cached-start column reuses it in a fresh process)")
-    p.add_argument("--sizes", type=_ints, default=[8, 14, 30, 60],
+    p.add_argument("--sizes", type=_ints, default=[8, 14, 30],
                    help="single-molecule atom counts (8..21: HORM sample; others: G2 composites)")
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 32],
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 8],
                    help="batch sizes of HORM sample molecules ('' skips the batched experiment)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of forward and HIP per case and path")
     p.add_argument("--case-budget", type=float, default=30.0,
