@@ -37,6 +37,8 @@ def prepare(cfg: DictConfig) -> tuple[dict[str, Any], Any, Any]:
     settings = eval_settings(cfg.eval)
     torch.manual_seed(cfg.seed)  # the model's random edge-frame roll
     model = load_checkpoint(cfg.ckpt_path, map_location=settings["device"], trusted=cfg.trusted_checkpoint)
+    if cfg.get("model", {}).get("compile", False):
+        model.set_compiled(True)
     return settings, model, instantiate_datamodule(cfg.data, model)
 
 

@@ -117,7 +117,8 @@ def run(cfg: DictConfig) -> Path:
     check_options(cfg)
     out_dir = Path(cfg.output_dir)
     print(f"predict.py: run directory {out_dir}")
-    calculator_kwargs = {"hessian_method": cfg.hessian, "energy": cfg.energy, "seed": cfg.seed, "dtype": cfg.dtype}
+    calculator_kwargs = {"hessian_method": cfg.hessian, "energy": cfg.energy, "seed": cfg.seed, "dtype": cfg.dtype,
+                         "compile": bool(cfg.get("compile", False))}
     calc = HIPCalculator(cfg.ckpt_path, device="cpu", **calculator_kwargs)  # checks the checkpoint and options
     dataset = FrameBatches(cfg.input, cfg.eval.batch_size, cfg.window, out_dir)
     next(iter_batches(cfg.input, 1, 1))  # a missing, empty or unreadable input fails here, before any work

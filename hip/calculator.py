@@ -149,6 +149,10 @@ class HIPCalculator(Calculator):
         dtype: ``"float32"`` (default) or ``"float64"``: the precision the model runs in (a loaded
             model passed as ``model`` is converted in place). float64 took 1.3× the time of float32 for
             CH3OH and 1.8× for a 20-atom molecule (shipped checkpoint, one CPU thread).
+        compile: run the model through ``torch.compile``
+            (:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.set_compiled`): the first prediction
+            compiles (minutes on a CPU for the paper-size model, seconds from the on-disk cache in
+            later processes), then every molecule size is served by that one compile.
         **kwargs: ASE ``Calculator`` arguments (``label``, ``directory``, ...).
 
     Results are cached as in every ASE calculator: one forward pass computes energy, forces and (for
@@ -176,6 +180,7 @@ class HIPCalculator(Calculator):
         elements: Sequence[int] | None = None,
         seed: int = 0,
         dtype: str = "float32",
+        compile: bool = False,
         **kwargs,
     ):
         if dtype not in DTYPES:
@@ -196,6 +201,8 @@ class HIPCalculator(Calculator):
             if device is not None:
                 model = model.to(resolve_device(device))
         self.model = model.to(self.dtype).eval()
+        if compile and not self.model.compiled:
+            self.model.set_compiled(True)
         self.device = next(model.parameters()).device
         #: What the checkpoint was trained on (:func:`hip.load_checkpoint`); unknown for other models.
         self.training_domain = getattr(model, "training_domain", None) or TrainingDomain(

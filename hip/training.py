@@ -100,6 +100,10 @@ class HIPModule(L.LightningModule):
             (:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.cache_backbone`); None: off.
         hessian_memory_budget_gb: refuse batches whose Hessian tensors (prediction, label,
             gradient, eigen-loss padding) would exceed this many GiB.
+        compile: run the model's forward (and so its backward) through ``torch.compile``
+            (:meth:`~hip.model.hip_equiformer.HIPEquiformerV2.set_compiled`): one compile per process,
+            served from the on-disk cache in later runs; ``model.compile=true`` on the command line.
+        compile_mode: ``torch.compile`` mode (``null``: default; ``reduce-overhead``: CUDA graphs).
 
     Every setting left None (``loss_weights``, ``eigen_k``, ``optimizer``, ``scheduler``,
     ``hessian_memory_budget_gb``) takes its value from ``configs/`` (:func:`module_defaults`), the one
@@ -127,6 +131,8 @@ class HIPModule(L.LightningModule):
         backbone_trusted: bool = False,
         backbone_cache_gb: float | None = None,
         hessian_memory_budget_gb: float | None = None,
+        compile: bool = False,
+        compile_mode: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +167,8 @@ class HIPModule(L.LightningModule):
             if backbone_ckpt:
                 load_backbone_weights(self.model, backbone_ckpt, trusted=backbone_trusted)
                 logger.info("backbone initialised from %s", backbone_ckpt)
+        if compile:
+            self.model.set_compiled(True, compile_mode)
         self.hparams["model"] = self.model.config  # what our checkpoints rebuild
         self.hparams["backbone_ckpt"] = backbone_ckpt and str(backbone_ckpt)
 

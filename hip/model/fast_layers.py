@@ -62,16 +62,21 @@ def grid_map(features: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Ten
     to_grid = to_grid.reshape(-1, m)
     from_grid = from_grid.reshape(to_grid.shape[0], m)[:, start:].T
     coefficient_major = features.transpose(0, 1).contiguous()  # [M, K, C]
-    step = k_items
-    if features.device.type == "cpu":
-        step = max(1, CPU_GRID_CHUNK_BYTES // (to_grid.shape[0] * c * features.element_size()))
-    chunks = []
-    for first in range(0, max(k_items, 1), step):  # one (empty) chunk for K = 0: no edges
-        part = coefficient_major[:, first:first + step]
+
+    def project(part: torch.Tensor) -> tuple[torch.Tensor, int]:
         values = function((to_grid @ part.flatten(1)).view(to_grid.shape[0], part.shape[1], c))
-        chunks.append(from_grid @ values.flatten(1))
-    out = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
-    return out.view(from_grid.shape[0], k_items, values.shape[2]).transpose(0, 1)
+        return from_grid @ values.flatten(1), values.shape[2]
+
+    if features.device.type != "cpu" or torch.compiler.is_compiling():
+        # one piece: a GPU has no core cache to fit, and Inductor fuses the steps itself (a chunk loop
+        # would also fix the item count of a compiled graph)
+        out, c_out = project(coefficient_major)
+    else:
+        step = max(1, CPU_GRID_CHUNK_BYTES // (to_grid.shape[0] * c * features.element_size()))
+        chunks = [project(coefficient_major[:, first:first + step])  # one (empty) chunk for K = 0: no edges
+                  for first in range(0, max(k_items, 1), step)]
+        out, c_out = torch.cat([chunk for chunk, _ in chunks], dim=1), chunks[0][1]
+    return out.view(from_grid.shape[0], k_items, c_out).transpose(0, 1)
 
 
 class FastLayer:
@@ -120,7 +125,8 @@ def m_primary_wigner(rotation: SO3_Rotation, mapping: CoefficientMappingModule, 
                      mmax: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The edge-frame rotation into m-primary blocks and the rotation back, for the graph set last.
 
-    Computed once per :meth:`SO3_Rotation.set_wigner` (cached on ``rotation``).
+    Computed once per :meth:`SO3_Rotation.set_wigner` (cached on ``rotation``; under ``torch.compile``
+    recomputed per call, and the repeats merged by the compiler's common-subexpression elimination).
 
     Returns:
         blocks: per order m, [E, rows_m, (lmax+1)²] rows of the Wigner matrices (m = 0: l = 0..lmax;
@@ -128,7 +134,8 @@ def m_primary_wigner(rotation: SO3_Rotation, mapping: CoefficientMappingModule, 
         inverse: [E, (lmax+1)², K] rotation back from the K m-primary coefficients, with fairchem's
             rescaling of the l > mmax coefficients.
     """
-    cached = getattr(rotation, "_hip_m_primary", None)
+    compiling = torch.compiler.is_compiling()
+    cached = None if compiling else getattr(rotation, "_hip_m_primary", None)
     if cached is not None and cached[0] is rotation.wigner:
         return cached[1], cached[2]
     mask = rotation.mapping.coefficient_idx(lmax, mmax)
@@ -137,7 +144,8 @@ def m_primary_wigner(rotation: SO3_Rotation, mapping: CoefficientMappingModule, 
     forward = rotation.wigner[:, mask[order]]
     blocks = [block.contiguous() for block in forward.split(m_block_sizes(lmax, mmax), dim=1)]
     inverse = (rotation.wigner_inv[:, :, mask] * rescale)[:, :, order].contiguous()
-    rotation._hip_m_primary = (rotation.wigner, blocks, inverse)
+    if not compiling:
+        rotation._hip_m_primary = (rotation.wigner, blocks, inverse)
     return blocks, inverse
 
 

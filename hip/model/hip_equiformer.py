@@ -163,6 +163,7 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         use_fast_layers(self)
         self.set_fast_paths(True)
         self.cache_backbone(None)
+        self._compiled, self._compiled_enabled = None, False
 
     def set_fast_paths(self, enabled: bool = True) -> None:
         """Use the fast paths (default) or the reference path, which runs fairchem's own forwards.
@@ -232,6 +233,38 @@ class HIPEquiformerV2(EquiformerV2Backbone):
                          cell_offsets=None, offset_distances=None, neighbors=None, batch_full=data.batch,
                          atomic_numbers_full=data.atomic_numbers.long(), node_offset=0)
 
+    def set_compiled(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
+        """Run the forward through ``torch.compile`` (:mod:`hip.model.compiled`) or eagerly (default).
+
+        The compiled path runs the fast paths' modules; it compiles on the first pass (a minute or
+        more for the paper-size model on a CPU, seconds from the on-disk cache in a later process,
+        :func:`hip.model.compiled.cache_dir`) and serves every molecule size and batch from that one
+        compile. Outputs equal the eager fast path's to float32 rounding for the same seed (the edge
+        frames are drawn eagerly, ``tests/model/test_compile.py``). Passes that differentiate with
+        respect to positions (the autodiff baseline) run eagerly.
+
+        Args:
+            enabled: compile (``True``) or go back to the eager forward.
+            mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` (CUDA graphs) on a GPU.
+            backend: ``torch.compile`` backend (``"aot_eager"`` traces without generating code).
+
+        Raises:
+            ValueError: ``enabled`` with the fast paths off (the reference path stays eager).
+        """
+        if enabled and not self.fast_paths:
+            raise ValueError("set_compiled: the compiled path runs the fast paths; call set_fast_paths(True) first")
+        from hip.model.compiled import CompiledForward
+
+        current = self._compiled
+        if enabled and (current is None or (current.mode, current.backend) != (mode, backend)):
+            self._compiled = CompiledForward(mode, backend)  # switching back and forth keeps the compiled graphs
+        self._compiled_enabled = enabled
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`set_compiled` switched the compiled path on."""
+        return getattr(self, "_compiled_enabled", False)
+
     def forward(self, batch, hessian: bool = True) -> dict[str, torch.Tensor]:
         """Energy ``[B]`` eV, forces ``[N, 3]`` eV/Å and (if ``hessian``) the flat Hessian, eV/Å².
 
@@ -239,30 +272,50 @@ class HIPEquiformerV2(EquiformerV2Backbone):
         """
         keys = self._cache_keys(batch)
         cached = self._from_cache(keys) if keys is not None else None
+        compiled = self._compiled if self.compiled and self.fast_paths and not batch.pos.requires_grad else None
         graph = None
         if cached is None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-                embedding = super().forward(batch)
-                x, graph = embedding["node_embedding"], embedding["graph"]
-                energy_sum, forces = self._energy_forces(x, graph, batch)
+                if compiled is None:
+                    embedding = super().forward(batch)
+                    x, graph = embedding["node_embedding"], embedding["graph"]
+                    node_energy, forces = self._node_energy_forces(
+                        x, graph.atomic_numbers_full, graph.edge_distance, graph.edge_index)
+                    energy_sum = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
+                else:
+                    embedding, energy_sum, forces = compiled.backbone_pass(self, batch)
+                    x = self._embedding(embedding)
             if keys is not None:
                 self._store(keys, batch.natoms, x.embedding, energy_sum, forces)
         else:
             embedding, energy_sum, forces = cached
-            x = SO3_Embedding(0, self.lmax_list.copy(), self.sphere_channels, embedding.device, embedding.dtype)
-            x.set_embedding(embedding)
+            x = self._embedding(embedding)
         normalizer = batch.natoms.float().mean() if self.energy_normalizer == "batch_mean" else self.energy_normalizer
         out = {"energy": energy_sum / normalizer, "forces": forces}
         if hessian:
-            out["hessian"] = self._hessian(x, batch, graph)
+            if compiled is None:
+                out["hessian"] = self._hessian(x, batch, graph)
+            else:
+                shared = cached is None and self._shares_backbone_graph(batch)
+                out["hessian"] = compiled.hessian_pass(self, x.embedding, batch, shared)
         return out
 
-    def _energy_forces(self, x: SO3_Embedding, graph: GraphData, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ node energies per molecule [B] (before the normaliser) and forces [N, 3] eV/Å."""
+    def _embedding(self, embedding: torch.Tensor) -> SO3_Embedding:
+        """fairchem's node-feature container around a tensor [N, (lmax+1)², C]."""
+        x = SO3_Embedding(0, self.lmax_list.copy(), self.sphere_channels, embedding.device, embedding.dtype)
+        x.set_embedding(embedding)
+        return x
+
+    def _node_energy_forces(self, x: SO3_Embedding, z: torch.Tensor, radial: torch.Tensor,
+                            edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node energies [N] (eV, before the normaliser) and forces [N, 3] eV/Å from node features.
+
+        Args:
+            x: node features; z: [N] int64; radial: [E, D] backbone radial basis; edge_index: [2, E].
+        """
         node_energy = self.energy_block(x).embedding[:, 0, 0]
-        energy_sum = node_energy.new_zeros(batch.num_graphs).index_add_(0, batch.batch, node_energy)
-        forces = self.force_block(x, graph.atomic_numbers_full, graph.edge_distance, graph.edge_index)
-        return energy_sum, forces.embedding[:, 1:4, 0]
+        forces = self.force_block(x, z, radial, edge_index)
+        return node_energy, forces.embedding[:, 1:4, 0]
 
     # ---- frozen-backbone cache (opt-in) ------------------------------------------------------
     def cache_backbone(self, max_gb: float | None) -> None:
