@@ -144,6 +144,7 @@ def inductor_cache(tmp_path_factory):
 
 @pytest.mark.slow
 def test_compiled_path_equals_eager_and_its_cache_serves_a_fresh_process(horm_molecules, inductor_cache):
+    torch._dynamo.reset()  # no graph of an earlier test (another backend, another cache directory) is reused
     model = tiny_model().eval()
     batches = cases(horm_molecules, model)
     check_equal_to_eager(model, batches)
@@ -165,5 +166,6 @@ def test_compiled_path_equals_eager_and_its_cache_serves_a_fresh_process(horm_mo
 
 @pytest.mark.slow
 def test_compiled_training_gradients_equal_eager(horm_molecules, inductor_cache):
+    torch._dynamo.reset()
     model = tiny_model()
     check_gradients(model, collate_molecules(horm_molecules, model.graph_builder()))
