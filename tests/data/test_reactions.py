@@ -91,8 +91,9 @@ def test_labelled_reactions_are_dft_stationary_points_of_the_right_kind(reaction
         check = tight.measure(atoms.get_forces(), np.zeros_like(atoms.positions), atoms.positions)
         assert check.max_force < tight.max_force and check.rms_force < tight.rms_force, role
     energy = {role: getattr(reaction, role).get_potential_energy() for role in ROLES}
-    assert reaction.summary["barrier_forward_eV"] == pytest.approx(energy["ts"] - energy["reactant"], abs=1e-6)
-    assert reaction.summary["barrier_reverse_eV"] == pytest.approx(energy["ts"] - energy["product"], abs=1e-6)
+    # the stored energies are a second SCF at the same geometry (another starting density): ~1e-5 eV apart
+    assert reaction.summary["barrier_forward_eV"] == pytest.approx(energy["ts"] - energy["reactant"], abs=1e-4)
+    assert reaction.summary["barrier_reverse_eV"] == pytest.approx(energy["ts"] - energy["product"], abs=1e-4)
     assert reaction.summary["stages"]["intended"]["success"]
     guess_r, guess_p = guess_pair(reaction.name)
     assert bonds(reaction.reactant) == bonds(guess_r) and bonds(reaction.product) == bonds(guess_p)
