@@ -24,6 +24,7 @@ list (e.g. one per core, ``--only`` in different orders); a lock whose process i
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -104,10 +105,9 @@ def label(name: str, args: argparse.Namespace) -> dict:
             atoms.calc = calc
             frames.append(stationary_frame(atoms, role, name, atoms.get_potential_energy(), atoms.get_forces(),
                                            result.ts_hessian if role == "ts" else calc.get_hessian(atoms)))
-        path = args.directory / f"{name}.extxyz"
-        tmp = path.with_name(f".{path.name}.tmp")
-        ase.io.write(tmp, frames, format="extxyz")
-        os.replace(tmp, path)
+        text = io.StringIO()
+        ase.io.write(text, frames, format="extxyz")
+        atomic_write_text(args.directory / f"{name}.extxyz", text.getvalue())
     atomic_write_text(args.directory / f"{name}.json", json.dumps(jsonable(record), indent=2) + "\n")
     return record
 
