@@ -214,10 +214,15 @@ def _branch(frames: list[Atoms], ts: Atoms, end: Atoms, spacing: float = 0.01) -
 
 
 class _Pipeline:
-    def __init__(self, reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings):
+    def __init__(self, reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings,
+                 result: ReactionResult | None = None):
         self.calc, self.settings = calculator, settings
-        self.result = ReactionResult(reactant=reactant.copy(), product=product.copy())
-        self.irc_ends: list[Atoms] = []
+        self.result = result or ReactionResult(reactant=reactant.copy(), product=product.copy())
+
+    @property
+    def irc_ends(self) -> list[Atoms]:
+        """The relaxed IRC ends, forward then reverse (before ``intended`` orders the IRC)."""
+        return [self.result.irc[-1], self.result.irc[0]]
 
     def hessian(self, atoms: Atoms) -> np.ndarray:
         return np.asarray(self.calc.get_hessian(atoms), dtype=np.float64)
@@ -347,7 +352,6 @@ class _Pipeline:
             forward = _branch(recorders[0].frames + recorders[1].frames, ts, ends[0])
             reverse = _branch(recorders[2].frames + recorders[3].frames, ts, ends[1])
             self.result.irc, self.result.irc_ts_index = [*reverse[::-1], ts, *forward], len(reverse)
-            self.irc_ends = ends
             record.steps = len(self.result.irc)
         if not record.success and not record.error:
             record.error = f"end-point relaxations converged: {check.endpoint_converged}"
@@ -408,7 +412,8 @@ class _Pipeline:
 
 
 def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings | None = None,
-                  progress: Callable[[str, StageRecord], None] | None = None) -> ReactionResult:
+                  progress: Callable[[str, StageRecord], None] | None = None,
+                  result: ReactionResult | None = None) -> ReactionResult:
     """Run the pipeline of the module docstring from ``reactant`` to ``product`` with ``calculator``.
 
     Args:
@@ -416,6 +421,9 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
         calculator: an ASE calculator with ``get_hessian(atoms)`` → (3N, 3N) eV/Å².
         settings: :class:`ReactionSettings` (default: its defaults).
         progress: called with (stage name, record) after each stage.
+        result: a partly run result of the same reaction and settings (e.g. unpickled after a killed run,
+            as ``scripts/label_reactions.py`` does): filled in place, its stages up to the first failed or
+            missing one are kept and the run goes on from there.
 
     Returns:
         :class:`ReactionResult`; the run stops at the first stage that fails (its record says why);
@@ -426,9 +434,14 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
     """
     check_reaction_pair(reactant, product)
     settings = settings or ReactionSettings()
-    pipeline = _Pipeline(reactant, product, calculator, settings)
+    pipeline = _Pipeline(reactant, product, calculator, settings, result)
     stages = pipeline.result.stages
-    for name in STAGES:
+    done = 0
+    while done < len(STAGES) and stages.get(STAGES[done], StageRecord()).success:
+        done += 1
+    for name in [*STAGES[done:], "dft_verify"]:
+        stages.pop(name, None)
+    for name in STAGES[done:]:
         if not _run_stage(pipeline, name, progress):
             break
     if settings.dft_verify is not None and stages.get("ts_success", StageRecord()).success:

@@ -13,6 +13,8 @@ derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/B
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
+Within a reaction, the state after each finished stage is pickled to ``.<name>.partial.pkl``: a killed run
+goes on from its last finished stage (only the stage in flight is lost) if the level of theory is the same.
 A reaction being labelled holds ``.<name>.lock`` (its process id), so several processes can share the
 list (e.g. one per core, ``--only`` in different orders); a lock whose process is gone is taken over.
 
@@ -27,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -37,7 +40,7 @@ from hip.cli import atomic_write_text, jsonable
 from hip.convergence import GAUSSIAN_CRITERIA
 from hip.data.reactions import REACTION_SET_DIR, REACTIONS, guess_pair, stationary_frame
 from hip.dft import HORM_BASIS, HORM_XC, DFTCalculator
-from hip.reaction import ReactionSettings, find_reaction
+from hip.reaction import ReactionResult, ReactionSettings, find_reaction
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,16 +91,26 @@ def label(name: str, args: argparse.Namespace) -> dict:
     settings = ReactionSettings(criteria=GAUSSIAN_CRITERIA[args.criteria], hessian_every_step=False,
                                 irc_dx=args.irc_dx)
     reactant, product = guess_pair(name, args.directory)
-    start = time.perf_counter()
+    partial = args.directory / f".{name}.partial.pkl"
+    how = {"level": level, "criteria": args.criteria, "irc_dx": args.irc_dx}
+    state = {**how, "result": ReactionResult(reactant=reactant.copy(), product=product.copy()), "seconds": 0.0}
+    if partial.is_file() and not args.redo:
+        saved = pickle.loads(partial.read_bytes())
+        if {k: saved.get(k) for k in how} == how:
+            state = saved
+            print(f"  resumed after {', '.join(state['result'].stages)} ({partial})", flush=True)
+        else:
+            print(f"  {partial}: other settings, started afresh", flush=True)
+    start = time.perf_counter() - state["seconds"]
 
     def progress(stage, record):
         print(f"  {stage:<16} {'ok' if record.success else 'FAILED':<6} {record.steps:>4} steps "
               f"{record.seconds:>7.0f} s  {record.error}", flush=True)
+        atomic_write_text(partial, pickle.dumps({**state, "seconds": time.perf_counter() - start}))
 
-    result = find_reaction(reactant, product, calc, settings, progress=progress)
-    record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1], "level": level,
-              "criteria": args.criteria, "irc_dx": args.irc_dx, "seconds": time.perf_counter() - start,
-              **result.as_dict()}
+    result = find_reaction(reactant, product, calc, settings, progress=progress, result=state["result"])
+    record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1], **how,
+              "seconds": time.perf_counter() - start, **result.as_dict()}
     if result.failed_stage is None:
         frames = []
         for role in ("reactant", "ts", "product"):
@@ -109,6 +122,7 @@ def label(name: str, args: argparse.Namespace) -> dict:
         ase.io.write(text, frames, format="extxyz")
         atomic_write_text(args.directory / f"{name}.extxyz", text.getvalue())
     atomic_write_text(args.directory / f"{name}.json", json.dumps(jsonable(record), indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     return record
 
 

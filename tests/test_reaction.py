@@ -11,6 +11,7 @@ rigid-rotor partition functions from the moments of inertia, Eyring and Wigner b
 from __future__ import annotations
 
 import math
+import pickle
 from functools import partial
 
 import numpy as np
@@ -27,6 +28,7 @@ from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.reaction import (
     STAGES,
     ReactionSettings,
+    StageRecord,
     bonds,
     check_reaction_pair,
     find_reaction,
@@ -130,6 +132,22 @@ def test_the_rate_constant_is_transition_state_theory_by_hand(analytic_result):
 
 
 @pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_finished_stage(analytic_result):
+    partial = pickle.loads(pickle.dumps(analytic_result))  # as label_reactions.py keeps it between stages
+    for name in STAGES[STAGES.index("irc"):]:
+        del partial.stages[name]
+    kept = {name: record.seconds for name, record in partial.stages.items()}
+    partial.stages["irc"] = StageRecord(success=False, error="killed")  # a failed or unfinished stage reruns
+    partial.stages["dft_verify"] = StageRecord(success=True)  # and nothing after it is kept
+    result = find_reaction(triangle(1.0), triangle(2.0), surface(), result=partial)
+    assert result is partial and list(result.stages) == list(STAGES)
+    assert {name: result.stages[name].seconds for name in kept} == kept  # not rerun
+    assert all(record.success for record in result.stages.values()), result.as_dict()["stages"]
+    for key in ("barrier_forward", "gibbs_barrier_reverse", "rate_constant_forward"):
+        assert getattr(result.energetics, key) == pytest.approx(getattr(analytic_result.energetics, key), rel=1e-6)
+
+
+@pytest.mark.slow
 def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
     settings = ReactionSettings(path="neb", images=7, hessian_every_step=False, relax_endpoints=False)
     result = find_reaction(triangle(C - W), triangle(C + W), surface(), settings)
@@ -226,7 +244,7 @@ def test_a_complex_of_fragments_matches_by_its_bonds_and_its_irc_end_becomes_tha
     elsewhere = product.copy()
     elsewhere.positions[2:] += [3.0, 0.0, 2.0]
     pipeline = _Pipeline(reactant, product, None, ReactionSettings())
-    pipeline.irc_ends, pipeline.result.irc = [elsewhere, reactant.copy()], [reactant, elsewhere]
+    pipeline.result.irc = [reactant.copy(), elsewhere]  # the ends: forward irc[-1], reverse irc[0]
     record = StageRecord()
     pipeline.intended(record)
     assert record.success and record.details["matches"] == ["product", "reactant"]
@@ -236,7 +254,7 @@ def test_a_complex_of_fragments_matches_by_its_bonds_and_its_irc_end_becomes_tha
 
     cis, trans = guess_pair("hono_cis_trans")  # one fragment each, the same bonds
     pipeline = _Pipeline(cis, trans, None, ReactionSettings())
-    pipeline.irc_ends = [cis.copy(), cis.copy()]
+    pipeline.result.irc = [cis.copy(), cis.copy()]
     record = StageRecord()
     pipeline.intended(record)
     assert not record.success and record.details["matches"] == ["reactant", "reactant"]
