@@ -156,7 +156,8 @@ def test_compiled_path_equals_eager_and_its_cache_serves_a_fresh_process(horm_mo
               "e = read_horm_entries([83, 0, 1]); b = collate_molecules([(x.charges.long(), x.pos.float()) for x in e],"
               " m.graph_builder()); torch.no_grad().__enter__(); m(b);"
               "print(json.dumps(dict(counters['inductor'])))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", CACHE_ENV: inductor_cache}
+    # Inductor's CPU kernels, and so its cache keys, depend on the thread count: the same as this process
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), CACHE_ENV: inductor_cache}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
