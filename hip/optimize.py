@@ -262,6 +262,7 @@ class OptimizationResult:
         max_force, rms_force: final values, Hartree/Bohr (rigid-body components removed).
         max_step, rms_step: of the last step, Bohr.
         timed_out: stopped by the wall-time limit before converging or using the step budget.
+        restarts: times Sella was started afresh from the current geometry (:data:`SELLA_ASYMMETRY`).
         error: ``"Type: message"`` if the run stopped on an error (then not converged), else ``""``.
     """
 
@@ -276,6 +277,7 @@ class OptimizationResult:
     rms_force: float = math.nan
     max_step: float = math.nan
     rms_step: float = math.nan
+    restarts: int = 0
     error: str = ""
 
     def as_row(self, prefix: str = "") -> dict[str, Any]:
@@ -286,6 +288,11 @@ class OptimizationResult:
 #: Errors an optimisation can meet on a bad geometry or a bad model (atoms collapsing, a singular
 #: step problem, NaNs): they end the run, are recorded in ``OptimizationResult.error`` and reported.
 OPTIMIZATION_ERRORS = (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError)
+#: Sella 2.6 refuses a Hessian whose asymmetry exceeds 1e-10 relative, and its own quasi-Newton updates
+#: can produce that by round-off (seen at 3e-10 in a DFT IRC end relaxation). The step is then retried
+#: by a fresh Sella from the same geometry (a new Hessian), at most :data:`MAX_RESTARTS` times.
+SELLA_ASYMMETRY = "Symmetric eigensolver received a non-symmetric matrix"
+MAX_RESTARTS = 3
 
 
 def optimize(atoms: Atoms, spec: OptimizerSpec, criteria: ConvergenceCriteria = GAUSSIAN_CRITERIA["default"],
@@ -326,7 +333,15 @@ def optimize(atoms: Atoms, spec: OptimizerSpec, criteria: ConvergenceCriteria = 
     previous = atoms.positions.copy()
     try:
         for step in range(1, max_steps + 1):
-            optimizer.step()
+            while True:
+                try:
+                    optimizer.step()
+                    break
+                except ValueError as e:
+                    if SELLA_ASYMMETRY not in str(e) or result.restarts == MAX_RESTARTS:
+                        raise
+                    result.restarts += 1
+                    optimizer = make_optimizer(atoms, spec, order, counted, internal, trust_radius)
             forces = atoms.get_forces()
             if not np.isfinite(forces).all():
                 raise FloatingPointError(f"non-finite forces after step {step}")

@@ -13,8 +13,9 @@ derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/B
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
-Within a reaction, the state after each finished stage is pickled to ``.<name>.partial.pkl``: a killed run
-goes on from its last finished stage (only the stage in flight is lost) if the level of theory is the same.
+Within a reaction, the state after each finished stage is pickled to ``.<name>.partial.pkl`` (kept until
+every stage succeeded): a killed run, or a failed one rerun with ``--redo``, goes on from its last
+successful stage if the guesses and settings are the same (``--fresh``: start from the guesses anyway).
 A reaction being labelled holds ``.<name>.lock`` (its process id), so several processes can share the
 list (e.g. one per core, ``--only`` in different orders); a lock whose process is gone is taken over.
 
@@ -48,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--directory", type=Path, default=REACTION_SET_DIR, help="reaction set (guesses/ inside)")
     p.add_argument("--only", nargs="+", choices=list(REACTIONS), help="these reactions only")
     p.add_argument("--redo", action="store_true", help="recompute reactions that already have a record")
+    p.add_argument("--fresh", action="store_true", help="ignore a partly run reaction's saved stages")
     p.add_argument("--xc", default=HORM_XC)
     p.add_argument("--basis", default=HORM_BASIS)
     p.add_argument("--grid-level", type=int, default=4, help="PySCF grid level (HORM: 3)")
@@ -92,15 +94,17 @@ def label(name: str, args: argparse.Namespace) -> dict:
                                 irc_dx=args.irc_dx)
     reactant, product = guess_pair(name, args.directory)
     partial = args.directory / f".{name}.partial.pkl"
-    how = {"level": level, "criteria": args.criteria, "irc_dx": args.irc_dx}
+    how = {"level": level, "criteria": args.criteria, "irc_dx": args.irc_dx,
+           "guesses": [reactant.positions.tolist(), product.positions.tolist()]}
     state = {**how, "result": ReactionResult(reactant=reactant.copy(), product=product.copy()), "seconds": 0.0}
-    if partial.is_file() and not args.redo:
+    if partial.is_file() and not args.fresh:
         saved = pickle.loads(partial.read_bytes())
         if {k: saved.get(k) for k in how} == how:
             state = saved
-            print(f"  resumed after {', '.join(state['result'].stages)} ({partial})", flush=True)
+            done = [stage for stage, record in state["result"].stages.items() if record.success]
+            print(f"  resumed after {', '.join(done)} ({partial})", flush=True)
         else:
-            print(f"  {partial}: other settings, started afresh", flush=True)
+            print(f"  {partial}: other guesses or settings, started afresh", flush=True)
     start = time.perf_counter() - state["seconds"]
 
     def progress(stage, record):
@@ -109,8 +113,9 @@ def label(name: str, args: argparse.Namespace) -> dict:
         atomic_write_text(partial, pickle.dumps({**state, "seconds": time.perf_counter() - start}))
 
     result = find_reaction(reactant, product, calc, settings, progress=progress, result=state["result"])
-    record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1], **how,
-              "seconds": time.perf_counter() - start, **result.as_dict()}
+    record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1],
+              **{k: v for k, v in how.items() if k != "guesses"}, "seconds": time.perf_counter() - start,
+              **result.as_dict()}
     if result.failed_stage is None:
         frames = []
         for role in ("reactant", "ts", "product"):
@@ -122,7 +127,8 @@ def label(name: str, args: argparse.Namespace) -> dict:
         ase.io.write(text, frames, format="extxyz")
         atomic_write_text(args.directory / f"{name}.extxyz", text.getvalue())
     atomic_write_text(args.directory / f"{name}.json", json.dumps(jsonable(record), indent=2) + "\n")
-    partial.unlink(missing_ok=True)
+    if result.failed_stage is None:
+        partial.unlink(missing_ok=True)
     return record
 
 

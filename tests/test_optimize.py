@@ -30,7 +30,14 @@ from hip.benchmarks import (
 )
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria, remove_rigid_body
 from hip.irc import aligned_rmsd, irc_verify
-from hip.optimize import WorkEnergy, calculator_hessian, count_negative_modes, optimize
+from hip.optimize import (
+    MAX_RESTARTS,
+    SELLA_ASYMMETRY,
+    WorkEnergy,
+    calculator_hessian,
+    count_negative_modes,
+    optimize,
+)
 
 K, R0, H, C, W = 30.0, 1.0, 0.5, 1.5, 0.3  # eV/Å², Å, eV, Å, Å
 METHODS = {spec.key: spec for spec in (*RELAXATION_METHODS, *TS_SEARCH_METHODS)}
@@ -168,6 +175,30 @@ def test_optimizer_errors_are_recorded_not_raised():
     atoms.calc = Broken(K, R0, H, C, W)
     result = optimize(atoms, METHODS["ase_fire"])
     assert not result.converged and "non-finite forces" in result.error
+
+
+def test_sellas_refusal_of_its_own_round_off_restarts_it_from_the_same_geometry(monkeypatch):
+    """Sella's eigensolver raises on an updated Hessian asymmetric by round-off: a fresh Sella goes on."""
+    import sella.optimize.stepper as stepper
+
+    original, refusals = stepper._eigh_symmetric, {"left": 2}
+
+    def refuse(matrix, *args, **kwargs):
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise ValueError(f"{SELLA_ASYMMETRY}: ||A - A.T||_F=9.595e-08, ||A||_F=2.934e+02")
+        return original(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(stepper, "_eigh_symmetric", refuse)
+    atoms = triatomic(1.33, 1.1, 0.93)
+    result = optimize(atoms, METHODS["rfo_bfgs_hip"], hessian_function=calculator_hessian)
+    assert result.converged and result.restarts == 2 and not result.error, result
+    assert result.hessian_calls == 3  # one per (re)start
+    assert r13(atoms) == pytest.approx(C - W, abs=2e-3)
+
+    refusals["left"] = MAX_RESTARTS + 1  # it keeps refusing: the run ends with Sella's error
+    result = optimize(triatomic(1.33, 1.1, 0.93), METHODS["rfo_bfgs_hip"], hessian_function=calculator_hessian)
+    assert not result.converged and result.restarts == MAX_RESTARTS and SELLA_ASYMMETRY in result.error
 
 
 def test_time_limit_stops_a_run_and_says_so():
