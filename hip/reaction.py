@@ -66,6 +66,19 @@ def dft_calculator(**label_kwargs) -> Calculator:
     return DFTCalculator(**label_kwargs)
 
 
+def check_same_atoms(first: Atoms, second: Atoms, first_name: str, second_name: str) -> None:
+    """Raise ValueError naming both unless they are the same atoms in the same order (field ``numbers``)."""
+    if len(first) != len(second):
+        raise ValueError(f"{second_name} has {len(second)} atoms and {first_name} {len(first)}: give the "
+                         "same atoms in the same order")
+    differ = np.nonzero(first.numbers != second.numbers)[0]
+    if len(differ):
+        i = int(differ[0])
+        raise ValueError(f"{second_name}: atom {i} is {second.get_chemical_symbols()[i]} but {first_name} has "
+                         f"{first.get_chemical_symbols()[i]} there (field 'numbers'): give the same atoms in the "
+                         "same order")
+
+
 def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "reactant",
                         product_name: str = "product") -> None:
     """Refuse a reactant and product that are not the same atoms in the same order, or the same structure.
@@ -74,15 +87,7 @@ def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "r
         ValueError: naming both inputs: different atom counts; the first index whose element differs
             (field ``numbers``); the same bonds and an aligned RMSD below :data:`IDENTICAL_RMSD`.
     """
-    if len(reactant) != len(product):
-        raise ValueError(f"{product_name} has {len(product)} atoms and {reactant_name} {len(reactant)}: give the "
-                         "same atoms in the same order")
-    differ = np.nonzero(reactant.numbers != product.numbers)[0]
-    if len(differ):
-        i = int(differ[0])
-        raise ValueError(f"{product_name}: atom {i} is {product.get_chemical_symbols()[i]} but {reactant_name} has "
-                         f"{reactant.get_chemical_symbols()[i]} there (field 'numbers'): give the same atoms in the "
-                         "same order")
+    check_same_atoms(reactant, product, reactant_name, product_name)
     same, rmsd = same_structure(reactant, product, IDENTICAL_RMSD)
     if same:
         raise ValueError(f"{reactant_name} and {product_name} are the same structure (same bonds, aligned RMSD "
@@ -215,8 +220,8 @@ def _branch(frames: list[Atoms], ts: Atoms, end: Atoms, spacing: float = 0.01) -
 
 class _Pipeline:
     def __init__(self, reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings,
-                 result: ReactionResult | None = None):
-        self.calc, self.settings = calculator, settings
+                 result: ReactionResult | None = None, ts_guess: Atoms | None = None):
+        self.calc, self.settings, self.ts_guess = calculator, settings, ts_guess
         self.result = result or ReactionResult(reactant=reactant.copy(), product=product.copy())
 
     @property
@@ -316,8 +321,9 @@ class _Pipeline:
 
     def ts_search(self, record: StageRecord) -> None:
         index = self.result.stages["path"].details["highest_image"]
-        record.details["start_image"] = index
-        self.result.ts = self.sella(self.result.path[index], 1, self.settings.ts_steps, record)
+        record.details["start_image"] = None if self.ts_guess is not None else index
+        start = self.result.path[index] if self.ts_guess is None else self.ts_guess
+        self.result.ts = self.sella(start, 1, self.settings.ts_steps, record)
 
     def ts_success(self, record: StageRecord) -> None:
         from hip.vibrations import vibrational_analysis
@@ -413,7 +419,7 @@ class _Pipeline:
 
 def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings | None = None,
                   progress: Callable[[str, StageRecord], None] | None = None,
-                  result: ReactionResult | None = None) -> ReactionResult:
+                  result: ReactionResult | None = None, ts_guess: Atoms | None = None) -> ReactionResult:
     """Run the pipeline of the module docstring from ``reactant`` to ``product`` with ``calculator``.
 
     Args:
@@ -424,17 +430,21 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
         result: a partly run result of the same reaction and settings (e.g. unpickled after a killed run,
             as ``scripts/label_reactions.py`` does): filled in place, its stages up to the first failed or
             missing one are kept and the run goes on from there.
+        ts_guess: the same atoms in the same order: the TS search starts there instead of at the path's
+            highest image (``details["start_image"]`` None), e.g. a saddle found at a cheaper level.
 
     Returns:
         :class:`ReactionResult`; the run stops at the first stage that fails (its record says why);
         ``dft_verify`` (if set) runs whenever ``ts_success`` passed.
 
     Raises:
-        ValueError: see :func:`check_reaction_pair` (before any calculation).
+        ValueError: see :func:`check_reaction_pair` and :func:`check_same_atoms` (before any calculation).
     """
     check_reaction_pair(reactant, product)
+    if ts_guess is not None:
+        check_same_atoms(reactant, ts_guess, "reactant", "TS guess")
     settings = settings or ReactionSettings()
-    pipeline = _Pipeline(reactant, product, calculator, settings, result)
+    pipeline = _Pipeline(reactant, product, calculator, settings, result, ts_guess)
     stages = pipeline.result.stages
     done = 0
     while done < len(STAGES) and stages.get(STAGES[done], StageRecord()).success:

@@ -4,12 +4,13 @@
 For each reaction of :data:`hip.data.reactions.REACTIONS` (smallest first) the guesses in
 ``guesses/<name>.xyz`` go through :func:`hip.reaction.find_reaction` with PySCF at ωB97X/6-31G(d)
 (:class:`hip.dft.DFTCalculator`): both ends relaxed (Gaussian ``--criteria``, tight by default), geodesic
-path, RS-P-RFO from its highest image (one DFT Hessian at the start of each Sella run, then Sella's
-TS-BFGS updates), the TS rule (exactly one imaginary mode below −10 cm⁻¹), IRC both ways (steps of
-``--irc-dx`` 0.2 Å·√amu: the ends are relaxed to the criteria anyway), intended, and
-RRHO thermochemistry at 298.15 K from the analytic DFT Hessians. The grid and SCF are finer than
-HORM's default (``--grid-level 4``, ``--conv-tol 1e-10``) and the forces include the grid response (exact
-derivatives of the energy, without which tight optimisations stall at ~1e-5 Ha/Bohr): reference values.
+path, RS-P-RFO from its highest image or from the guess file's optional third frame, a TS guess (one DFT
+Hessian at the start of each Sella run, then Sella's TS-BFGS updates), the TS rule (exactly one imaginary
+mode below −10 cm⁻¹), IRC both ways (steps of ``--irc-dx`` 0.2 Å·√amu: the ends are relaxed to the
+criteria anyway), intended, and RRHO thermochemistry at 298.15 K from the analytic DFT Hessians. The grid
+and SCF are finer than HORM's default (``--grid-level 4``, ``--conv-tol 1e-10``) and the forces include
+the grid response (exact derivatives of the energy, without which tight optimisations stall at ~1e-5
+Ha/Bohr): reference values.
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
@@ -39,7 +40,7 @@ import ase.io
 
 from hip.cli import atomic_write_text, jsonable
 from hip.convergence import GAUSSIAN_CRITERIA
-from hip.data.reactions import REACTION_SET_DIR, REACTIONS, guess_pair, stationary_frame
+from hip.data.reactions import REACTION_SET_DIR, REACTIONS, guess_pair, stationary_frame, ts_guess
 from hip.dft import HORM_BASIS, HORM_XC, DFTCalculator
 from hip.reaction import ReactionResult, ReactionSettings, find_reaction
 
@@ -93,9 +94,10 @@ def label(name: str, args: argparse.Namespace) -> dict:
     settings = ReactionSettings(criteria=GAUSSIAN_CRITERIA[args.criteria], hessian_every_step=False,
                                 irc_dx=args.irc_dx)
     reactant, product = guess_pair(name, args.directory)
+    start_ts = ts_guess(name, args.directory)
     partial = args.directory / f".{name}.partial.pkl"
     how = {"level": level, "criteria": args.criteria, "irc_dx": args.irc_dx,
-           "guesses": [reactant.positions.tolist(), product.positions.tolist()]}
+           "guesses": [a.positions.tolist() for a in (reactant, product, start_ts) if a is not None]}
     state = {**how, "result": ReactionResult(reactant=reactant.copy(), product=product.copy()), "seconds": 0.0}
     if partial.is_file() and not args.fresh:
         saved = pickle.loads(partial.read_bytes())
@@ -112,7 +114,8 @@ def label(name: str, args: argparse.Namespace) -> dict:
               f"{record.seconds:>7.0f} s  {record.error}", flush=True)
         atomic_write_text(partial, pickle.dumps({**state, "seconds": time.perf_counter() - start}))
 
-    result = find_reaction(reactant, product, calc, settings, progress=progress, result=state["result"])
+    result = find_reaction(reactant, product, calc, settings, progress=progress, result=state["result"],
+                           ts_guess=start_ts)
     record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1],
               **{k: v for k, v in how.items() if k != "guesses"}, "seconds": time.perf_counter() - start,
               **result.as_dict()}

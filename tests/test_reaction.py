@@ -147,6 +147,16 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(analytic_result):
         assert getattr(result.energetics, key) == pytest.approx(getattr(analytic_result.energetics, key), rel=1e-6)
 
 
+def test_a_ts_guess_starts_the_search_instead_of_the_path():
+    settings = ReactionSettings(relax_endpoints=False, images=3)  # the path's one inner image: the midpoint
+    result = find_reaction(triangle(C - W), triangle(C + W), surface(), settings, ts_guess=triangle(C + 0.05, 1.25))
+    assert result.stages["ts_search"].success and result.stages["ts_search"].details["start_image"] is None
+    assert r13(result.ts) == pytest.approx(C, abs=1e-3)
+    with pytest.raises(ValueError, match="TS guess has 2 atoms and reactant 3"):
+        find_reaction(triangle(C - W), triangle(C + W), surface(), settings,
+                      ts_guess=Atoms("CN", [[0, 0, 0], [1, 0, 0]]))
+
+
 @pytest.mark.slow
 def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
     settings = ReactionSettings(path="neb", images=7, hessian_every_step=False, relax_endpoints=False)

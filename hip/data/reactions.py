@@ -63,20 +63,32 @@ class LabelledReaction:
 
 
 def guess_pair(name: str, directory: str | os.PathLike = REACTION_SET_DIR) -> tuple[Atoms, Atoms]:
-    """The reactant and product guesses of reaction ``name`` (``guesses/<name>.xyz``).
+    """The reactant and product guesses of reaction ``name`` (``guesses/<name>.xyz``, frames 1 and 2).
 
     Raises:
-        FileNotFoundError: no such guess file; ValueError: it does not hold exactly two frames.
+        FileNotFoundError: no such guess file; ValueError: it does not hold two or three frames.
     """
+    frames = _guess_frames(name, directory)
+    return frames[0], frames[1]
+
+
+def ts_guess(name: str, directory: str | os.PathLike = REACTION_SET_DIR) -> Atoms | None:
+    """The optional third frame of ``guesses/<name>.xyz``: a TS guess that the TS search starts from instead
+    of the path's highest image (for reactions whose interpolated path misses the saddle), or None."""
+    frames = _guess_frames(name, directory)
+    return frames[2] if len(frames) == 3 else None
+
+
+def _guess_frames(name: str, directory: str | os.PathLike) -> list[Atoms]:
     import ase.io
 
     path = Path(directory) / "guesses" / f"{name}.xyz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no guesses for reaction {name!r} (known: {', '.join(REACTIONS)})")
     frames = ase.io.read(path, index=":")
-    if len(frames) != 2:
-        raise ValueError(f"{path}: {len(frames)} frames; expected the reactant and the product")
-    return frames[0], frames[1]
+    if len(frames) not in (2, 3):
+        raise ValueError(f"{path}: {len(frames)} frames; expected the reactant, the product and optionally a TS guess")
+    return frames
 
 
 def stationary_frame(atoms: Atoms, role: str, name: str, energy: float, forces: np.ndarray,

@@ -19,9 +19,11 @@ from hip.data.reactions import (
     load_reaction_set,
     missing_reactions,
     stationary_frame,
+    ts_guess,
 )
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary
 from hip.irc import bonds
+from hip.reaction import check_reaction_pair
 from hip.vibrations import vibrational_analysis
 
 LABELLED = load_reaction_set()
@@ -76,6 +78,18 @@ def test_every_guess_pair_is_the_same_atoms_with_different_bonds_or_geometry():
         reactant, product = guess_pair(name)
         assert (reactant.numbers == product.numbers).all() and len(reactant) <= 7
         assert set(reactant.get_chemical_symbols()) <= {"H", "C", "N", "O"} and sum(reactant.numbers) % 2 == 0
+        check_reaction_pair(reactant, product)
+        if (ts := ts_guess(name)) is not None:  # an optional third frame: the same atoms, not a minimum
+            assert (ts.numbers == reactant.numbers).all()
+            assert bonds(ts) not in (bonds(reactant), bonds(product)), name
+    assert ts_guess("h2co_h2_co") is not None and ts_guess("hcn_hnc") is None
+
+
+def test_a_guess_file_has_two_or_three_frames(tmp_path):
+    (tmp_path / "guesses").mkdir()
+    ase.io.write(tmp_path / "guesses" / "hcn_hnc.xyz", [hcn_and_hnc()[0]] * 4)
+    with pytest.raises(ValueError, match=r"hcn_hnc\.xyz: 4 frames; expected the reactant, the product and"):
+        ts_guess("hcn_hnc", tmp_path)
 
 
 @pytest.mark.skipif(not LABELLED, reason="no labelled reactions (scripts/label_reactions.py)")
