@@ -3,9 +3,10 @@
     python react.py reactant=hcn.xyz product=hnc.xyz
     python react.py reactant=r.xyz product=p.xyz hessian=autodiff temperature=350 dft_verify=true
     python react.py reactant=r.xyz product=p.xyz calculator=dft          # PySCF ωB97X/6-31G(d), the reference
+    python react.py reactant=r.xyz product=p.xyz ts_guess=ts.xyz         # search from a TS guess, not the path
 
 The pipeline is :func:`hip.reaction.find_reaction` (relax both ends, geodesic path, RS-P-RFO from the
-highest image, TS rule, IRC both ways, intended check, thermochemistry, Wigner-corrected Eyring rate
+highest image or ``ts_guess``, TS rule, IRC both ways, intended check, thermochemistry, Wigner-corrected Eyring rate
 of the unimolecular step). Printed: one line per stage, the barriers forward and reverse in eV and
 kJ/mol, the imaginary frequency and k(T). Written to the run directory (``paths.output_dir``):
 
@@ -39,7 +40,7 @@ register_resolvers()
 
 
 def read_molecule(path: str | Path, role: str):
-    """The single geometry in ``path`` (``role`` is ``"reactant"`` or ``"product"`` in messages).
+    """The single geometry in ``path`` (``role``, e.g. ``"reactant"``, names it in messages).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -110,25 +111,29 @@ def run(cfg: DictConfig) -> Path:
     """
     from hip.calculator import check_closed_shell_molecule
     from hip.cli import jsonable, user_errors
-    from hip.reaction import check_reaction_pair, find_reaction
+    from hip.reaction import check_reaction_pair, check_same_atoms, find_reaction
 
     with user_errors("react.py"):
-        names = {role: f"{role} {cfg[role]}" for role in ("reactant", "product")}
-        molecules = {role: read_molecule(cfg[role], role) for role in names}
+        labels = {"reactant": "reactant", "product": "product", **({"ts_guess": "TS guess"} if cfg.ts_guess else {})}
+        names = {key: f"{label} {cfg[key]}" for key, label in labels.items()}
+        molecules = {key: read_molecule(cfg[key], label) for key, label in labels.items()}
         settings = settings_from(cfg)
         calc, elements = build_calculator(cfg)
         for role, atoms in molecules.items():
             check_closed_shell_molecule(atoms, elements, names[role])
         check_reaction_pair(molecules["reactant"], molecules["product"], names["reactant"], names["product"])
+        if "ts_guess" in molecules:
+            check_same_atoms(molecules["reactant"], molecules["ts_guess"], names["reactant"], names["ts_guess"])
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     level = f"{cfg.dft.xc}/{cfg.dft.basis}" if cfg.calculator == "dft" else f"{cfg.ckpt_path}, Hessian {cfg.hessian}"
     print(f"{molecules['reactant'].get_chemical_formula()}: {cfg.reactant} → {cfg.product} with {cfg.calculator} "
           f"({level})")
     print(f"{'stage':<16} {'ok':<4} {'steps':>5} {'time [s]':>9}  note")
-    result = find_reaction(molecules["reactant"], molecules["product"], calc, settings, progress=print_stage)
+    result = find_reaction(molecules["reactant"], molecules["product"], calc, settings, progress=print_stage,
+                           ts_guess=molecules.get("ts_guess"))
     summary = result.as_dict()
-    keys = ("reactant", "product", "calculator", "ckpt_path", "hessian", "temperature", "pressure", "dft",
+    keys = ("reactant", "product", "ts_guess", "calculator", "ckpt_path", "hessian", "temperature", "pressure", "dft",
             "dft_verify", "reaction")
     summary["settings"] = {k: OmegaConf.to_container(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
                            for k in keys}

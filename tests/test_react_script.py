@@ -87,6 +87,11 @@ def test_bad_inputs_end_in_one_line_naming_the_file(tmp_path, tiny_checkpoint, h
     message = run_fails(react_config(tmp_path, fluoride, fluoride, ckpt))
     assert f"reactant {fluoride}: field 'numbers' has elements ['F'] the model was not trained on" in message
 
+    message = run_fails(react_config(tmp_path, hcn, hnc, ckpt, f"ts_guess={reordered}"))
+    assert f"TS guess {reordered}: atom 0 is N but reactant {hcn} has H there (field 'numbers')" in message
+    message = run_fails(react_config(tmp_path, hcn, hnc, ckpt, f"ts_guess={missing}"))
+    assert f"TS guess {missing} does not exist" in message
+
     for option, value in (("temperature", "-5"), ("pressure", "abc")):
         message = run_fails(react_config(tmp_path, hcn, hnc, ckpt, f"{option}={value}"))
         assert f"option {option}=" in message and "give a positive number" in message
@@ -125,6 +130,21 @@ def test_a_tiny_model_runs_to_the_end_and_writes_result_json(tmp_path, tiny_chec
     assert any(w.startswith("domain_unknown:") for w in warnings)
     assert f"warning: {warnings[0]}" in printed
     assert (out / "profile.png").exists() == bool(result["stages"].get("path", {}).get("success"))
+
+
+def test_a_ts_guess_starts_the_search_there(tmp_path, tiny_checkpoint, hcn_files):
+    from react import run
+
+    hcn, hnc = hcn_files
+    ts_guess = ase.io.read(hcn)
+    ts_guess.positions[0] = [1.1, 0.0, 0.5]  # H halfway round
+    ase.io.write(tmp_path / "ts_guess.xyz", ts_guess)
+    out = run(react_config(tmp_path, hcn, hnc, f"ckpt_path={tiny_checkpoint}", "reaction.relax_endpoints=false",
+                           "reaction.images=3", "reaction.ts_steps=2", f"ts_guess={tmp_path / 'ts_guess.xyz'}"))
+    result = json.loads((out / "result.json").read_text())
+    assert result["stages"]["path"]["success"] and "ts_search" in result["stages"]
+    assert result["stages"]["ts_search"]["details"]["start_image"] is None
+    assert result["settings"]["ts_guess"] == str(tmp_path / "ts_guess.xyz")
 
 
 @pytest.mark.slow
