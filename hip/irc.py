@@ -3,7 +3,8 @@
 :func:`irc_verify` follows Sella's IRC from a transition state both ways, relaxes both ends with
 RS-RFO (:func:`hip.optimize.optimize`) and classifies them by their negative modes
 (:func:`hip.optimize.count_negative_modes`); :func:`same_structure` says whether an end is a given
-reactant or product (same covalent bonds, aligned RMSD). Units: positions Å, Hessians eV/Å², IRC steps Å·√amu.
+reactant or product (same covalent bonds, aligned RMSD); :class:`FrameRecorder` and :func:`irc_branch` keep
+the IRC's geometries for output. Units: positions Å, Hessians eV/Å², IRC steps Å·√amu.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
 from hip.optimize import (
@@ -182,3 +185,42 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
         result.error = f"{type(e).__name__}: {e}"
     result.wall_time = time.perf_counter() - start
     return result
+
+
+# ---- the IRC's frames ------------------------------------------------------------------------------
+class FrameRecorder(Calculator):
+    """An ASE calculator that passes ``inner``'s energy and forces through and keeps every geometry it is
+    asked about in ``frames``, with ``base``'s energy (e.g. the IRC's geometries with the model's energy
+    where Sella sees :class:`hip.optimize.WorkEnergy`)."""
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
+
+    def __init__(self, inner: Calculator, base: Calculator):
+        super().__init__()
+        self.inner, self.base, self.frames = inner, base, []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        forces = self.inner.get_forces(self.atoms)
+        self.results = {"energy": float(self.inner.get_potential_energy(self.atoms)), "forces": forces}
+        self.frames.append(with_energy(self.atoms, self.base.get_potential_energy(self.atoms), forces))
+
+
+def with_energy(atoms: Atoms, energy: float, forces: np.ndarray | None = None) -> Atoms:
+    """A copy of ``atoms`` (numbers, positions) holding ``energy`` eV (and ``forces`` eV/Å)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    out.calc = SinglePointCalculator(out, energy=float(energy), forces=forces)
+    return out
+
+
+def irc_branch(frames: list[Atoms], ts: Atoms, end: Atoms, spacing: float = 0.01) -> list[Atoms]:
+    """``frames`` kept where their mass-weighted distance from ``ts`` grows by ``spacing`` (Å·√amu) and
+    stays below that of ``end``, then ``end``."""
+    sqrt_m = np.sqrt(ts.get_masses())[:, None]
+    distance = [float(np.linalg.norm(sqrt_m * (a.positions - ts.positions))) for a in [*frames, end]]
+    kept, farthest = [], 0.0
+    for frame, d in zip(frames, distance, strict=False):
+        if farthest + spacing < d < distance[-1] - spacing:
+            kept.append(frame)
+            farthest = d
+    return [*kept, end]

@@ -36,18 +36,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
-from ase.calculators.singlepoint import SinglePointCalculator
+from ase.calculators.calculator import Calculator
 
 from hip import kinetics
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary, is_first_order_saddle
 from hip.irc import (
     INTENDED_RMSD_TOLERANCE,
+    FrameRecorder,
     bonds,
+    irc_branch,
     irc_verify,
     n_fragments,
     same_structure,
+    with_energy,
 )
 from hip.optimize import OptimizerSpec, WorkEnergy, optimize
 
@@ -183,41 +185,6 @@ class ReactionResult:
         return out
 
 
-class _Recorder(Calculator):
-    """Passes ``inner``'s energy and forces through and keeps every geometry with ``base``'s energy."""
-
-    implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
-
-    def __init__(self, inner: Calculator, base: Calculator):
-        super().__init__()
-        self.inner, self.base, self.frames = inner, base, []
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        forces = self.inner.get_forces(self.atoms)
-        self.results = {"energy": float(self.inner.get_potential_energy(self.atoms)), "forces": forces}
-        self.frames.append(_with_energy(self.atoms, self.base.get_potential_energy(self.atoms), forces))
-
-
-def _with_energy(atoms: Atoms, energy: float, forces: np.ndarray | None = None) -> Atoms:
-    out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
-    out.calc = SinglePointCalculator(out, energy=float(energy), forces=forces)
-    return out
-
-
-def _branch(frames: list[Atoms], ts: Atoms, end: Atoms, spacing: float = 0.01) -> list[Atoms]:
-    """``frames`` kept where their mass-weighted distance from ``ts`` grows by ``spacing`` (Å·√amu) and
-    stays below that of ``end``, then ``end``."""
-    sqrt_m = np.sqrt(ts.get_masses())[:, None]
-    distance = [float(np.linalg.norm(sqrt_m * (a.positions - ts.positions))) for a in [*frames, end]]
-    kept, farthest = [], 0.0
-    for frame, d in zip(frames, distance, strict=False):
-        if farthest + spacing < d < distance[-1] - spacing:
-            kept.append(frame)
-            farthest = d
-    return [*kept, end]
-
-
 class _Pipeline:
     def __init__(self, reactant: Atoms, product: Atoms, calculator: Calculator, settings: ReactionSettings,
                  result: ReactionResult | None = None, ts_guess: Atoms | None = None):
@@ -259,7 +226,7 @@ class _Pipeline:
         energy = self.calc.get_potential_energy(atoms)
         if found := getattr(self.calc, "results", {}).get("warnings"):  # HIPCalculator: applicability warnings
             record.details["warnings"] = list(found)
-        return _with_energy(atoms, energy)
+        return with_energy(atoms, energy)
 
     # ---- stages --------------------------------------------------------------------------------------
     def _relax(self, which: str, record: StageRecord) -> None:
@@ -268,7 +235,7 @@ class _Pipeline:
             setattr(self.result, which, self.sella(atoms, 0, self.settings.relax_steps, record))
         else:
             record.success, record.details["skipped"] = True, True
-            setattr(self.result, which, _with_energy(atoms, self.calc.get_potential_energy(atoms)))
+            setattr(self.result, which, with_energy(atoms, self.calc.get_potential_energy(atoms)))
         same, rmsd = same_structure(self.result.reactant, self.result.product, IDENTICAL_RMSD)
         if which == "product" and record.success and same:
             record.success = False
@@ -284,7 +251,7 @@ class _Pipeline:
         reactant, product = self.result.reactant, self.result.product
         energy = product.get_potential_energy()
         minimize_rotation_and_translation(reactant, product)
-        self.result.product = product = _with_energy(product, energy)
+        self.result.product = product = with_energy(product, energy)
         symbols = reactant.get_chemical_symbols()
         quiet = logging.getLogger("geodesic_interpolate")
         level, quiet.level = quiet.level, logging.WARNING
@@ -300,7 +267,7 @@ class _Pipeline:
             images = self._neb(images, record)
         else:
             record.success = True
-        self.result.path = [_with_energy(a, self.calc.get_potential_energy(a)) for a in images]
+        self.result.path = [with_energy(a, self.calc.get_potential_energy(a)) for a in images]
         energies = [a.get_potential_energy() for a in self.result.path]
         record.details.update(method=self.settings.path, energies=energies,
                               highest_image=1 + int(np.argmax(energies[1:-1])))
@@ -341,10 +308,10 @@ class _Pipeline:
 
     def irc(self, record: StageRecord) -> None:
         s, ts = self.settings, self.result.ts
-        recorders: list[_Recorder] = []
+        recorders: list[FrameRecorder] = []
 
         def make_calculator() -> Calculator:
-            recorders.append(_Recorder(WorkEnergy(self.calc) if s.energy == "work" else self.calc, self.calc))
+            recorders.append(FrameRecorder(WorkEnergy(self.calc) if s.energy == "work" else self.calc, self.calc))
             return recorders[-1]
 
         with np.errstate(divide="ignore", invalid="ignore"):  # Sella's inner loop at an exact minimum
@@ -354,9 +321,9 @@ class _Pipeline:
         record.error, record.success = check.error, not check.error and all(check.endpoint_converged)
         record.success = record.success and len(check.endpoints) == 2
         if len(check.endpoints) == 2:
-            ends = [_with_energy(end, self.calc.get_potential_energy(end)) for end in check.endpoints]
-            forward = _branch(recorders[0].frames + recorders[1].frames, ts, ends[0])
-            reverse = _branch(recorders[2].frames + recorders[3].frames, ts, ends[1])
+            ends = [with_energy(end, self.calc.get_potential_energy(end)) for end in check.endpoints]
+            forward = irc_branch(recorders[0].frames + recorders[1].frames, ts, ends[0])
+            reverse = irc_branch(recorders[2].frames + recorders[3].frames, ts, ends[1])
             self.result.irc, self.result.irc_ts_index = [*reverse[::-1], ts, *forward], len(reverse)
             record.steps = len(self.result.irc)
         if not record.success and not record.error:
