@@ -68,8 +68,8 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, Any], fix: 
     atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
-def atomic_write_text(path: str | Path, text: str | bytes) -> Path:
-    """Write ``text`` (or bytes) to ``path`` through a fsynced temporary file in the same folder renamed over it
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a fsynced temporary file in the same folder renamed over it
     (``os.replace``): a kill or a full disk leaves the old file or the new one, never half of either.
 
     Returns:
@@ -77,7 +77,7 @@ def atomic_write_text(path: str | Path, text: str | bytes) -> Path:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
+    with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -14,7 +14,7 @@ Ha/Bohr): reference values.
 
 Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extxyz`` when every stage
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
-Within a reaction, the state after each finished stage is pickled to ``.<name>.partial.pkl`` (kept until
+Within a reaction, the state after each finished stage is written to ``.<name>.partial.json`` (kept until
 every stage succeeded): a killed run, or a failed one rerun with ``--redo``, goes on from its last
 successful stage if the guesses and settings are the same (``--fresh``: start from the guesses anyway).
 A reaction being labelled holds ``.<name>.lock`` (its process id), so several processes can share the
@@ -31,7 +31,6 @@ import argparse
 import io
 import json
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from hip.convergence import GAUSSIAN_CRITERIA
 from hip.data.reactions import REACTION_SET_DIR, REACTIONS, guess_pair, stationary_frame, ts_guess
 from hip.dft import HORM_BASIS, HORM_XC, DFTCalculator
 from hip.reaction import ReactionResult, ReactionSettings, find_reaction
+from hip.reaction_state import from_state, to_state
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,27 +95,27 @@ def label(name: str, args: argparse.Namespace) -> dict:
                                 irc_dx=args.irc_dx)
     reactant, product = guess_pair(name, args.directory)
     start_ts = ts_guess(name, args.directory)
-    partial = args.directory / f".{name}.partial.pkl"
+    partial = args.directory / f".{name}.partial.json"
     how = {"level": level, "criteria": args.criteria, "irc_dx": args.irc_dx,
            "guesses": [a.positions.tolist() for a in (reactant, product, start_ts) if a is not None]}
-    state = {**how, "result": ReactionResult(reactant=reactant.copy(), product=product.copy()), "seconds": 0.0}
+    result, seconds = ReactionResult(reactant=reactant.copy(), product=product.copy()), 0.0
     if partial.is_file() and not args.fresh:
-        saved = pickle.loads(partial.read_bytes())
-        if {k: saved.get(k) for k in how} == how:
-            state = saved
-            done = [stage for stage, record in state["result"].stages.items() if record.success]
+        saved = json.loads(partial.read_text())
+        if {k: saved.get(k) for k in how} == jsonable(how):
+            result, seconds = from_state(saved["result"]), saved["seconds"]
+            done = [stage for stage, record in result.stages.items() if record.success]
             print(f"  resumed after {', '.join(done)} ({partial})", flush=True)
         else:
             print(f"  {partial}: other guesses or settings, started afresh", flush=True)
-    start = time.perf_counter() - state["seconds"]
+    start = time.perf_counter() - seconds
 
     def progress(stage, record):
         print(f"  {stage:<16} {'ok' if record.success else 'FAILED':<6} {record.steps:>4} steps "
               f"{record.seconds:>7.0f} s  {record.error}", flush=True)
-        atomic_write_text(partial, pickle.dumps({**state, "seconds": time.perf_counter() - start}))
+        state = {**how, "result": to_state(result), "seconds": time.perf_counter() - start}
+        atomic_write_text(partial, json.dumps(jsonable(state)) + "\n")
 
-    result = find_reaction(reactant, product, calc, settings, progress=progress, result=state["result"],
-                           ts_guess=start_ts)
+    result = find_reaction(reactant, product, calc, settings, progress=progress, result=result, ts_guess=start_ts)
     record = {"name": name, "reaction": REACTIONS[name][0], "source": REACTIONS[name][1],
               **{k: v for k, v in how.items() if k != "guesses"}, "seconds": time.perf_counter() - start,
               **result.as_dict()}
