@@ -37,7 +37,7 @@ REACTIONS: dict[str, tuple[str, str]] = {
     "hcch_h2cc": ("HC≡CH → H₂C=C:", "Baker"),
     "h2co_h2_co": ("H₂CO → H₂ + CO", "Baker"),
     "h2cnh_hcnh2": ("H₂C=NH → HC̈–NH₂", "Baker"),
-    "h2cnh_hcn_h2": ("H₂C=NH → HCN + H₂", "classic (Baker has HC̈–NH₂ → HCN + H₂)"),
+    "hcnh2_hcn_h2": ("HC̈–NH₂ → HCN + H₂", "Baker"),
     "hcooh_co_h2o": ("HCOOH → CO + H₂O", "classic"),
     "ch3nc_ch3cn": ("CH₃NC → CH₃CN", "classic (measured rate)"),
     "vinyl_alcohol_acetaldehyde": ("CH₂=CHOH → CH₃CHO", "Baker"),
