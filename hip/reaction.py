@@ -394,8 +394,9 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
         calculator: an ASE calculator with ``get_hessian(atoms)`` → (3N, 3N) eV/Å².
         settings: :class:`ReactionSettings` (default: its defaults).
         progress: called with (stage name, record) after each stage.
-        result: a partly run result of the same reaction and settings (e.g. unpickled after a killed run,
-            as ``scripts/label_reactions.py`` does): filled in place, its stages up to the first failed or
+        result: a partly run result of the same reaction and settings (e.g. read back with
+            :func:`hip.reaction_state.from_state` after a killed run, as ``scripts/label_reactions.py``
+            does): filled in place, its stages up to the first failed or
             missing one are kept and the run goes on from there.
         ts_guess: the same atoms in the same order: the TS search starts there instead of at the path's
             highest image (``details["start_image"]`` None), e.g. a saddle found at a cheaper level.
