@@ -16,7 +16,8 @@ Each reaction is written when it finishes (``<name>.json`` always, ``<name>.extx
 succeeded; atomic writes); a rerun skips reactions that have a ``<name>.json`` (``--redo`` to recompute).
 Within a reaction, the state after each finished stage is written to ``.<name>.partial.json`` (kept until
 every stage succeeded): a killed run, or a failed one rerun with ``--redo``, goes on from its last
-successful stage if the guesses and settings are the same (``--fresh``: start from the guesses anyway).
+successful stage if the guesses and settings are the same (``--fresh``: start from the guesses anyway);
+an unreadable one is named and the reaction starts from its guesses.
 A reaction being labelled holds ``.<name>.lock`` (its process id), so several processes can share the
 list (e.g. one per core, ``--only`` in different orders); a lock whose process is gone is taken over.
 
@@ -100,13 +101,7 @@ def label(name: str, args: argparse.Namespace) -> dict:
            "guesses": [a.positions.tolist() for a in (reactant, product, start_ts) if a is not None]}
     result, seconds = ReactionResult(reactant=reactant.copy(), product=product.copy()), 0.0
     if partial.is_file() and not args.fresh:
-        saved = json.loads(partial.read_text())
-        if {k: saved.get(k) for k in how} == jsonable(how):
-            result, seconds = from_state(saved["result"]), saved["seconds"]
-            done = [stage for stage, record in result.stages.items() if record.success]
-            print(f"  resumed after {', '.join(done)} ({partial})", flush=True)
-        else:
-            print(f"  {partial}: other guesses or settings, started afresh", flush=True)
+        result, seconds = resume(partial, how) or (result, seconds)
     start = time.perf_counter() - seconds
 
     def progress(stage, record):
@@ -133,6 +128,23 @@ def label(name: str, args: argparse.Namespace) -> dict:
     if result.failed_stage is None:
         partial.unlink(missing_ok=True)
     return record
+
+
+def resume(partial: Path, how: dict) -> tuple[ReactionResult, float] | None:
+    """The stages and seconds saved in ``partial`` if it was written with the same guesses and settings
+    ``how``; None (and says why, naming the file) if they differ or the file cannot be read back."""
+    try:
+        saved = json.loads(partial.read_text())
+        if {k: saved.get(k) for k in how} != jsonable(how):
+            print(f"  {partial}: other guesses or settings, started afresh", flush=True)
+            return None
+        result, seconds = from_state(saved["result"]), float(saved["seconds"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
+        print(f"  {partial}: unreadable ({type(error).__name__}: {error}), started afresh", flush=True)
+        return None
+    done = [stage for stage, record in result.stages.items() if record.success]
+    print(f"  resumed after {', '.join(done)} ({partial})", flush=True)
+    return result, seconds
 
 
 def claim(path: Path) -> bool:

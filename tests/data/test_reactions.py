@@ -7,7 +7,7 @@ import json
 import ase.io
 import numpy as np
 import pytest
-from helpers import hcn_and_hnc
+from helpers import hcn_and_hnc, load_script
 
 from hip.convergence import GAUSSIAN_CRITERIA
 from hip.data.reactions import (
@@ -23,7 +23,8 @@ from hip.data.reactions import (
 )
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary
 from hip.irc import bonds
-from hip.reaction import check_reaction_pair
+from hip.reaction import ReactionResult, StageRecord, check_reaction_pair
+from hip.reaction_state import to_state
 from hip.vibrations import vibrational_analysis
 
 LABELLED = load_reaction_set()
@@ -121,3 +122,29 @@ def test_every_record_is_a_labelled_reaction_or_names_the_stage_that_failed():
         assert labelled == (summary["failed_stage"] is None), (record, summary["failed_stage"])
         if not labelled:
             assert summary["stages"][summary["failed_stage"]]["error"], record
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"level": 1}', "[]", '{"guesses": 1, "result": {"stages": 5}}'])
+def test_label_reactions_names_an_unreadable_partial_file_and_starts_afresh(tmp_path, capsys, text):
+    label_reactions = load_script("label_reactions")
+    how = {"guesses": 1}
+    partial = tmp_path / ".hcn_hnc.partial.json"
+    partial.write_text(text)
+    assert label_reactions.resume(partial, how) is None
+    said = capsys.readouterr().out
+    assert str(partial) in said and "started afresh" in said
+
+
+def test_label_reactions_resumes_a_partial_file_with_the_same_settings(tmp_path, capsys):
+    label_reactions = load_script("label_reactions")
+    reactant, product = hcn_and_hnc()
+    result = ReactionResult(stages={"relax_reactant": StageRecord(success=True, steps=3, seconds=1.0)},
+                            reactant=reactant, product=product)
+    how = {"guesses": reactant.positions.tolist(), "irc_dx": 0.2}
+    partial = tmp_path / ".hcn_hnc.partial.json"
+    partial.write_text(json.dumps({**how, "result": to_state(result), "seconds": 12.5}))
+    resumed, seconds = label_reactions.resume(partial, how)
+    assert seconds == 12.5 and list(resumed.stages) == ["relax_reactant"]
+    np.testing.assert_array_equal(resumed.product.positions, product.positions)
+    assert label_reactions.resume(partial, {**how, "irc_dx": 0.1}) is None
+    assert "other guesses or settings" in capsys.readouterr().out
