@@ -9,7 +9,8 @@ with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or fi
                                     or, optionally, ASE's climbing-image NEB on the calculator's forces
     ts_search                       RS-P-RFO (Sella order=1, internal coordinates) from the highest image,
                                     a Hessian every step or only at the start (then TS-BFGS updates); a
-                                    Sella run that stalls in internal coordinates goes on in Cartesians
+                                    Sella run that stalls or fails in internal coordinates goes on in
+                                    Cartesians
     ts_success                      exactly one imaginary mode, below −10 cm⁻¹ (ReactBench's rule)
     irc                             Sella's IRC both ways from the TS, both ends relaxed
     intended                        one IRC end is the reactant and the other the product (same bonds and
@@ -205,8 +206,10 @@ class _Pipeline:
         return out
 
     def sella(self, atoms: Atoms, order: int, steps: int, record: StageRecord) -> Atoms:
-        """Sella from ``atoms``; a run in internal coordinates that stalls without converging (Sella's linear
-        angles near a linear molecule) is continued in Cartesians with a fresh budget, and says so."""
+        """Sella from ``atoms``; a run in internal coordinates that ends without converging, stalled (Sella's
+        linear angles near a linear molecule) or stopped by an error (its internal-to-Cartesian update ODE,
+        e.g. for separate fragments), is continued in Cartesians with a fresh budget from where it stopped,
+        and says so (``details["coordinates"]``, the internal run's error in ``details["internal_error"]``)."""
         # the Hessian source is self.hessian; "hip" only satisfies OptimizerSpec's check
         spec = OptimizerSpec("reaction", "RS-P-RFO" if order else "RS-RFO", "sella", "hip",
                              self.settings.hessian_every_step)
@@ -214,8 +217,10 @@ class _Pipeline:
         coordinates = ["internal"] if self.settings.internal else ["cartesian"]
         run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, self.settings.internal)
         record.steps, calls = run.steps, run.hessian_calls
-        if self.settings.internal and not run.converged and not run.error:
+        if self.settings.internal and not run.converged:
             coordinates.append("cartesian")
+            if run.error:
+                record.details["internal_error"] = run.error
             run = optimize(atoms, spec, self.settings.criteria, steps, order, self.hessian, False)
             record.steps, calls = record.steps + run.steps, calls + run.hessian_calls
         record.success, record.error = run.converged, run.error

@@ -25,6 +25,7 @@ from helpers import DoubleWell, double_well_energy
 from hip.extrema import is_first_order_saddle
 from hip.irc import INTENDED_RMSD_TOLERANCE
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
+from hip.optimize import OptimizationResult
 from hip.reaction import (
     STAGES,
     ReactionSettings,
@@ -174,6 +175,28 @@ def test_climbing_image_neb_and_initial_hessian_updates_find_the_same_saddle():
     assert r13(highest) == pytest.approx(C, abs=0.05)  # the climbing image is close to the saddle already
     assert r13(result.ts) == pytest.approx(C, abs=1e-3)
     assert result.stages["ts_search"].details["hessian_calls"] == 1
+
+
+def test_an_internal_coordinate_run_stopped_by_sellas_error_goes_on_in_cartesians(monkeypatch):
+    """Sella's internal-to-Cartesian update can fail ("Geometry update ODE is taking too long to converge!",
+    met in the DFT relaxation of HCN + H₂): the run goes on in Cartesians from there and says why."""
+    import hip.reaction
+
+    sella_error = "RuntimeError: Geometry update ODE is taking too long to converge!"
+    real_optimize = hip.reaction.optimize
+
+    def internal_fails(atoms, spec, criteria, steps, order, hessian, internal):
+        if internal:
+            return OptimizationResult(False, 1, 0.0, error=sella_error)
+        return real_optimize(atoms, spec, criteria, steps, order, hessian, internal)
+
+    monkeypatch.setattr(hip.reaction, "optimize", internal_fails)
+    result = find_reaction(triangle(C - W + 0.05), triangle(C + W - 0.05), surface(), ReactionSettings())
+    assert all(record.success for record in result.stages.values()), result.as_dict()["stages"]
+    for stage in ("relax_reactant", "relax_product", "ts_search"):
+        details = result.stages[stage].details
+        assert details["coordinates"] == ["internal", "cartesian"] and details["internal_error"] == sella_error
+    assert r13(result.ts) == pytest.approx(C, abs=1e-3)
 
 
 def test_a_failed_stage_ends_the_run_with_its_reason():
