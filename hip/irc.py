@@ -3,8 +3,10 @@
 :func:`irc_verify` follows Sella's IRC from a transition state both ways, relaxes both ends with
 RS-RFO (:func:`hip.optimize.optimize`) and classifies them by their negative modes
 (:func:`hip.optimize.count_negative_modes`); :func:`same_structure` says whether an end is a given
-reactant or product (same covalent bonds, aligned RMSD); :class:`FrameRecorder` and :func:`irc_branch` keep
-the IRC's geometries for output. Units: positions Å, Hessians eV/Å², IRC steps Å·√amu.
+reactant or product (same covalent bonds, aligned RMSD) and :func:`check_reaction_pair` refuses a pair that
+cannot react; :func:`ensure_minimum` makes a relaxed end a true minimum (no imaginary mode);
+:class:`FrameRecorder` and :func:`irc_branch` keep the IRC's geometries for output. Units: positions Å,
+Hessians eV/Å², IRC steps Å·√amu.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from ase import Atoms
@@ -22,6 +24,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
+from hip.extrema import TS_THRESHOLD_CM1, count_imaginary
 from hip.optimize import (
     OPTIMIZATION_ERRORS,
     CountedHessian,
@@ -81,6 +84,38 @@ def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, flo
     """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms."""
     rmsd = aligned_rmsd(a, b)
     return bonds(a) == bonds(b) and rmsd < rmsd_tolerance, rmsd
+
+
+#: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
+IDENTICAL_RMSD = 0.05
+
+
+def check_same_atoms(first: Atoms, second: Atoms, first_name: str, second_name: str) -> None:
+    """Raise ValueError naming both unless they are the same atoms in the same order (field ``numbers``)."""
+    if len(first) != len(second):
+        raise ValueError(f"{second_name} has {len(second)} atoms and {first_name} {len(first)}: give the "
+                         "same atoms in the same order")
+    differ = np.nonzero(first.numbers != second.numbers)[0]
+    if len(differ):
+        i = int(differ[0])
+        raise ValueError(f"{second_name}: atom {i} is {second.get_chemical_symbols()[i]} but {first_name} has "
+                         f"{first.get_chemical_symbols()[i]} there (field 'numbers'): give the same atoms in the "
+                         "same order")
+
+
+def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "reactant",
+                        product_name: str = "product") -> None:
+    """Refuse a reactant and product that are not the same atoms in the same order, or the same structure.
+
+    Raises:
+        ValueError: naming both inputs: different atom counts; the first index whose element differs
+            (field ``numbers``); the same bonds and an aligned RMSD below :data:`IDENTICAL_RMSD`.
+    """
+    check_same_atoms(reactant, product, reactant_name, product_name)
+    same, rmsd = same_structure(reactant, product, IDENTICAL_RMSD)
+    if same:
+        raise ValueError(f"{reactant_name} and {product_name} are the same structure (same bonds, aligned RMSD "
+                         f"{rmsd:.3f} Å): nothing to react")
 
 
 @dataclass
@@ -188,6 +223,56 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
 
 
 # ---- the IRC's frames ------------------------------------------------------------------------------
+#: Å, how far the atom that moves most is displaced along the imaginary mode of a relaxation that stopped
+#: at a saddle (:func:`ensure_minimum`) before it is relaxed again.
+MINIMUM_DISPLACEMENT = 0.1
+
+
+@dataclass
+class MinimumCheck:
+    """What :func:`ensure_minimum` found: the ``atoms`` kept, their ``hessian`` (eV/Å²; None: no minimum
+    found), the ``frequencies`` (cm⁻¹) of the geometry it was given and the displaced relaxations ``tries``."""
+
+    atoms: Atoms
+    hessian: np.ndarray | None
+    frequencies: np.ndarray
+    tries: list[dict] = field(default_factory=list)
+
+
+def ensure_minimum(atoms: Atoms, hessian_function: HessianFunction,
+                   relax: Callable[[Atoms], tuple[Atoms, bool, int]],
+                   amplitude: float = MINIMUM_DISPLACEMENT) -> MinimumCheck:
+    """``atoms`` with its Hessian if it has no imaginary mode below −:data:`hip.extrema.TS_THRESHOLD_CM1`
+    (10 cm⁻¹); else, as a chemist would, it is displaced by +``amplitude`` and then −``amplitude`` Å along its
+    lowest mode (:func:`hip.vibrations.displaced_along_mode`) and relaxed again (``relax(atoms)`` →
+    (relaxed atoms, converged, steps)), and the first that converges to a minimum with the same bonds is kept.
+    A gradient-only convergence test cannot tell a minimum from a saddle: a symmetric start (a planar
+    complex, a linear chain) keeps its symmetry and can stop at a saddle of the full surface."""
+    from hip.vibrations import displaced_along_mode, vibrational_analysis
+
+    def analyse(geometry: Atoms) -> tuple[np.ndarray, Any]:
+        hessian = hessian_function(geometry)
+        return hessian, vibrational_analysis(hessian, geometry.positions, geometry.numbers, geometry.get_masses())
+
+    hessian, modes = analyse(atoms)
+    check = MinimumCheck(atoms, hessian, modes.frequencies.numpy())
+    if count_imaginary(check.frequencies, TS_THRESHOLD_CM1) == 0:
+        return check
+    check.hessian = None
+    for sign in (1, -1):
+        moved, converged, steps = relax(displaced_along_mode(atoms, modes, 0, sign * amplitude))
+        same_bonds = bonds(moved) == bonds(atoms)
+        attempt = {"direction": sign, "converged": converged, "steps": steps, "same_bonds": same_bonds}
+        check.tries.append(attempt)
+        if converged and same_bonds:
+            moved_hessian, moved_modes = analyse(moved)
+            attempt["lowest_frequencies_cm1"] = moved_modes.frequencies[:3].tolist()
+            if count_imaginary(moved_modes.frequencies, TS_THRESHOLD_CM1) == 0:
+                check.atoms, check.hessian = moved, moved_hessian
+                return check
+    return check
+
+
 class FrameRecorder(Calculator):
     """An ASE calculator that passes ``inner``'s energy and forces through and keeps every geometry it is
     asked about in ``frames``, with ``base``'s energy (e.g. the IRC's geometries with the model's energy

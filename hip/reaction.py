@@ -16,7 +16,9 @@ with ``get_hessian`` (:class:`hip.calculator.HIPCalculator`: HIP, autodiff or fi
     intended                        one IRC end is the reactant and the other the product (same bonds and
                                     a close aligned geometry; bonds alone for a complex of several fragments,
                                     whose relative placement is soft: the IRC's end is then that side's minimum)
-    thermochemistry                 RRHO at the stationary points → ΔE‡, ΔH‡, ΔG‡, k(T) (:mod:`hip.kinetics`)
+    thermochemistry                 RRHO at the stationary points → ΔE‡, ΔH‡, ΔG‡, k(T) (:mod:`hip.kinetics`);
+                                    a minimum with an imaginary mode is first displaced along it and
+                                    relaxed again (:func:`hip.irc.ensure_minimum`), or the stage fails
 
 The authors' protocol grows the path with pysisyphus' growing string (driven by ReactBench); that has
 no maintained PyPI release, so the path here is the geodesic interpolation their README recommends to
@@ -43,9 +45,14 @@ from hip import kinetics
 from hip.convergence import GAUSSIAN_CRITERIA, ConvergenceCriteria
 from hip.extrema import TS_THRESHOLD_CM1, count_imaginary, is_first_order_saddle
 from hip.irc import (
+    IDENTICAL_RMSD,
     INTENDED_RMSD_TOLERANCE,
+    MINIMUM_DISPLACEMENT,
     FrameRecorder,
     bonds,
+    check_reaction_pair,
+    check_same_atoms,
+    ensure_minimum,
     irc_branch,
     irc_verify,
     n_fragments,
@@ -54,8 +61,6 @@ from hip.irc import (
 )
 from hip.optimize import OptimizerSpec, WorkEnergy, optimize
 
-#: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.
-IDENTICAL_RMSD = 0.05
 #: The order of the pipeline's stages (``dft_verify`` is an optional check after them).
 STAGES = ("relax_reactant", "relax_product", "path", "ts_search", "ts_success", "irc", "intended",
           "thermochemistry")
@@ -67,34 +72,6 @@ def dft_calculator(**label_kwargs) -> Calculator:
     from hip.dft import DFTCalculator  # PySCF: imported only when DFT is asked for
 
     return DFTCalculator(**label_kwargs)
-
-
-def check_same_atoms(first: Atoms, second: Atoms, first_name: str, second_name: str) -> None:
-    """Raise ValueError naming both unless they are the same atoms in the same order (field ``numbers``)."""
-    if len(first) != len(second):
-        raise ValueError(f"{second_name} has {len(second)} atoms and {first_name} {len(first)}: give the "
-                         "same atoms in the same order")
-    differ = np.nonzero(first.numbers != second.numbers)[0]
-    if len(differ):
-        i = int(differ[0])
-        raise ValueError(f"{second_name}: atom {i} is {second.get_chemical_symbols()[i]} but {first_name} has "
-                         f"{first.get_chemical_symbols()[i]} there (field 'numbers'): give the same atoms in the "
-                         "same order")
-
-
-def check_reaction_pair(reactant: Atoms, product: Atoms, reactant_name: str = "reactant",
-                        product_name: str = "product") -> None:
-    """Refuse a reactant and product that are not the same atoms in the same order, or the same structure.
-
-    Raises:
-        ValueError: naming both inputs: different atom counts; the first index whose element differs
-            (field ``numbers``); the same bonds and an aligned RMSD below :data:`IDENTICAL_RMSD`.
-    """
-    check_same_atoms(reactant, product, reactant_name, product_name)
-    same, rmsd = same_structure(reactant, product, IDENTICAL_RMSD)
-    if same:
-        raise ValueError(f"{reactant_name} and {product_name} are the same structure (same bonds, aligned RMSD "
-                         f"{rmsd:.3f} Å): nothing to react")
 
 
 @dataclass
@@ -360,11 +337,30 @@ class _Pipeline:
                             f"(same bonds and aligned RMSD < {self.settings.intended_rmsd} Å; bonds alone for "
                             "a complex of several fragments)")
 
+    def minimum(self, name: str, record: StageRecord) -> np.ndarray | None:
+        """The Hessian at ``result.<name>`` once it is a minimum (:func:`hip.irc.ensure_minimum`); None and
+        ``record.error`` if it has an imaginary mode that relaxing again did not remove."""
+        def relax(atoms: Atoms) -> tuple[Atoms, bool, int]:
+            again = StageRecord()
+            return self.sella(atoms, 0, self.settings.relax_steps, again), again.success, again.steps
+
+        check = ensure_minimum(getattr(self.result, name), self.hessian, relax)
+        setattr(self.result, name, check.atoms)
+        if check.tries:
+            record.details.setdefault("displaced", {})[name] = check.tries
+        if check.hessian is None:
+            record.error = (f"the {name} is not a minimum: lowest modes {np.round(check.frequencies[:3], 1).tolist()} "
+                            f"cm⁻¹, and relaxing it again from ±{MINIMUM_DISPLACEMENT} Å along the lowest did not help")
+        return check.hessian
+
     def thermochemistry(self, record: StageRecord) -> None:
         s, points = self.settings, {}
         for name in ("reactant", "ts", "product"):
             atoms = getattr(self.result, name)
-            hessian = self.result.ts_hessian if name == "ts" else self.hessian(atoms)
+            hessian = self.result.ts_hessian if name == "ts" else self.minimum(name, record)
+            if hessian is None:
+                return
+            atoms = getattr(self.result, name)
             energy = atoms.get_potential_energy()
             points[name] = kinetics.stationary_point(atoms, hessian, energy, s.temperature, s.pressure)
             record.details[name] = points[name].summary()
@@ -424,6 +420,8 @@ def find_reaction(reactant: Atoms, product: Atoms, calculator: Calculator, setti
         done += 1
     for name in [*STAGES[done:], "dft_verify"]:
         stages.pop(name, None)
+    if "thermochemistry" in STAGES[done:]:
+        pipeline.result.energetics = None  # a rerun's barriers are its own
     for name in STAGES[done:]:
         if not _run_stage(pipeline, name, progress):
             break

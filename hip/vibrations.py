@@ -222,6 +222,17 @@ def vibrational_analysis(
 
 
 # ---- downstream quantities: ZPE, thermochemistry, viewable modes (paper §2, §4) ------------------------
+def displaced_along_mode(atoms: Atoms, modes: VibrationalModes, index: int = 0, amplitude: float = 0.1) -> Atoms:
+    """A copy of ``atoms`` moved along mode ``index`` of ``modes`` (:func:`vibrational_analysis` of its
+    Hessian; 0: the lowest): the Cartesian displacement M^(−1/2)·v of its mass-weighted eigenvector v,
+    scaled so that the atom that moves most moves ``amplitude`` Å (negative: the other way)."""
+    m = np.repeat(atoms.get_masses(), 3)
+    step = (modes.eigenvectors[:, index].detach().cpu().numpy() / np.sqrt(m)).reshape(-1, 3)
+    moved = atoms.copy()
+    moved.positions = atoms.positions + amplitude * step / np.linalg.norm(step, axis=1).max()
+    return moved
+
+
 def zero_point_energy(
     hessian: _ArrayLike,
     pos: _ArrayLike,

@@ -23,7 +23,7 @@ from ase.build import molecule
 from helpers import DoubleWell, double_well_energy
 
 from hip.extrema import is_first_order_saddle
-from hip.irc import INTENDED_RMSD_TOLERANCE
+from hip.irc import INTENDED_RMSD_TOLERANCE, with_energy
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.optimize import OptimizationResult
 from hip.reaction import (
@@ -153,6 +153,25 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(analytic_result):
     assert all(record.success for record in result.stages.values()), result.as_dict()["stages"]
     for key in ("barrier_forward", "gibbs_barrier_reverse", "rate_constant_forward"):
         assert getattr(result.energetics, key) == pytest.approx(getattr(analytic_result.energetics, key), rel=1e-6)
+
+
+@pytest.mark.parametrize("relax_steps, found", [(150, True), (1, False)])
+def test_an_end_that_stopped_at_a_saddle_is_displaced_and_relaxed_to_a_minimum(analytic_result, relax_steps, found):
+    """A gradient-only relaxation can stop at a saddle (here the product is put at the surface's saddle, where
+    the gradient vanishes): thermochemistry displaces it along its imaginary mode and relaxes it again, or,
+    if that does not converge, fails and says why, instead of leaving the imaginary mode out silently."""
+    partial = from_state(to_state(analytic_result))
+    del partial.stages["thermochemistry"]
+    partial.product = with_energy(triangle(C), float(energy_of(torch.tensor(triangle(C).positions.reshape(-1)))))
+    result = find_reaction(triangle(1.0), triangle(2.0), surface(), ReactionSettings(relax_steps=relax_steps),
+                           result=partial)
+    record = result.stages["thermochemistry"]
+    assert record.success == found and record.details["displaced"]["product"][0]["direction"] == 1
+    if found:  # kept only where it keeps the saddle's bonds (C–O bonded at r13 = c): the well at c − w
+        assert r13(result.product) == pytest.approx(C - W, abs=1e-3)
+        assert result.energetics.barrier_reverse == pytest.approx(H, abs=1e-5)
+    else:
+        assert "the product is not a minimum" in record.error and result.energetics is None
 
 
 def test_a_ts_guess_starts_the_search_instead_of_the_path():
