@@ -11,6 +11,7 @@ Hessians eV/Å², IRC steps Å·√amu.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -80,10 +81,35 @@ def n_fragments(atoms: Atoms) -> int:
     return len(fragments(atoms.numbers, atoms.positions, INTENDED_BOND_SCALE))
 
 
+def equivalent_groups(atoms: Atoms) -> list[list[int]]:
+    """Groups of two or more atoms of one element whose only bond is to the same atom (the hydrogens of a
+    methyl or an amino group): numbering them otherwise is the same molecule."""
+    neighbours: dict[int, list[int]] = {i: [] for i in range(len(atoms))}
+    for i, j in bonds(atoms):
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, bonded in neighbours.items():
+        if len(bonded) == 1:
+            groups.setdefault((bonded[0], int(atoms.numbers[i])), []).append(i)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def same_structure(a: Atoms, b: Atoms, rmsd_tolerance: float) -> tuple[bool, float]:
-    """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms."""
-    rmsd = aligned_rmsd(a, b)
-    return bonds(a) == bonds(b) and rmsd < rmsd_tolerance, rmsd
+    """(same bonds and aligned RMSD < ``rmsd_tolerance`` Å, that RMSD) for two geometries of the same atoms.
+
+    The RMSD is the smallest over renumberings of :func:`equivalent_groups` (each group's permutations tried
+    in turn, the others held), so a methyl group turned by 120° is the same structure, as in a
+    symmetry-corrected RMSD."""
+    same_bonds, rmsd, order = bonds(a) == bonds(b), aligned_rmsd(a, b), np.arange(len(b))
+    for group in equivalent_groups(b) if same_bonds else []:
+        trials = []
+        for permutation in itertools.permutations(group):
+            trial = order.copy()
+            trial[group] = permutation
+            trials.append((aligned_rmsd(a, b[trial]), trial))
+        rmsd, order = min(trials, key=lambda trial: trial[0])
+    return same_bonds and rmsd < rmsd_tolerance, rmsd
 
 
 #: Two geometries with the same bonds and an aligned RMSD below this (Å) are the same structure.

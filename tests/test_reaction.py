@@ -23,7 +23,7 @@ from ase.build import molecule
 from helpers import DoubleWell, double_well_energy
 
 from hip.extrema import is_first_order_saddle
-from hip.irc import INTENDED_RMSD_TOLERANCE, with_energy
+from hip.irc import INTENDED_RMSD_TOLERANCE, aligned_rmsd, equivalent_groups, same_structure, with_energy
 from hip.kinetics import eyring_rate, stationary_point, wigner_kappa
 from hip.optimize import OptimizationResult
 from hip.reaction import (
@@ -172,6 +172,27 @@ def test_an_end_that_stopped_at_a_saddle_is_displaced_and_relaxed_to_a_minimum(a
         assert result.energetics.barrier_reverse == pytest.approx(H, abs=1e-5)
     else:
         assert "the product is not a minimum" in record.error and result.energetics is None
+
+
+def test_a_methyl_group_turned_by_120_degrees_is_the_same_structure():
+    """The IRC of vinyl alcohol → acetaldehyde ends at acetaldehyde with its methyl hydrogens numbered
+    otherwise than in the relaxed product: the same molecule, 0.83 Å apart without renumbering."""
+    acetaldehyde = molecule("CH3CHO")
+    (methyl,) = equivalent_groups(acetaldehyde)
+    pairs = bonds(acetaldehyde)
+    (carbon,) = {i + j - h for i, j in pairs for h in methyl if h in (i, j)}  # the methyl carbon
+    (other,) = {i + j - carbon for i, j in pairs if carbon in (i, j) and not {i, j} & set(methyl)}
+    turned = acetaldehyde.copy()
+    axis = turned.positions[other] - turned.positions[carbon]
+    hydrogens = turned[methyl]
+    hydrogens.rotate(120, axis, center=turned.positions[carbon])
+    turned.positions[methyl] = hydrogens.positions
+    assert aligned_rmsd(acetaldehyde, turned) > INTENDED_RMSD_TOLERANCE
+    same, rmsd = same_structure(acetaldehyde, turned, INTENDED_RMSD_TOLERANCE)
+    assert same and rmsd < 0.02  # ASE's methyl is threefold to 0.015 Å
+    broken = turned.copy()
+    broken.positions[methyl[0]] += 2 * (broken.positions[methyl[0]] - broken.positions[carbon])  # a C–H bond gone
+    assert not same_structure(acetaldehyde, broken, INTENDED_RMSD_TOLERANCE)[0]
 
 
 def test_a_ts_guess_starts_the_search_instead_of_the_path():
