@@ -124,6 +124,8 @@ def label(name: str, args: argparse.Namespace) -> dict:
         text = io.StringIO()
         ase.io.write(text, frames, format="extxyz")
         atomic_write_text(args.directory / f"{name}.extxyz", text.getvalue())
+    else:  # an earlier run's stationary points are not this record's
+        (args.directory / f"{name}.extxyz").unlink(missing_ok=True)
     atomic_write_text(args.directory / f"{name}.json", json.dumps(jsonable(record), indent=2) + "\n")
     if result.failed_stage is None:
         partial.unlink(missing_ok=True)
