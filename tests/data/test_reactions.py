@@ -28,6 +28,8 @@ from hip.reaction_state import to_state
 from hip.vibrations import vibrational_analysis
 
 LABELLED = load_reaction_set()
+#: Ha/Bohr, how much a force component of a grid-level-4 DFT calculation moves when the molecule is turned
+GRID_ROTATION_NOISE = 1e-5
 
 
 def write_reaction(directory, name="hcn_hnc", roles=ROLES, seed=0):
@@ -104,7 +106,9 @@ def test_labelled_reactions_are_dft_stationary_points_of_the_right_kind(reaction
         nu = vibrational_analysis(reaction.hessians[role], atoms.positions, atoms.numbers).frequencies
         assert count_imaginary(nu, TS_THRESHOLD_CM1) == (role == "ts"), (role, nu[:3])
         check = tight.measure(atoms.get_forces(), np.zeros_like(atoms.positions), atoms.positions)
-        assert check.max_force < tight.max_force and check.rms_force < tight.rms_force, role
+        # tight where optimised; the product is then turned onto the reactant, and PySCF's grid is not
+        # rotation-invariant: acetaldehyde's max force is 0.7–1.6e-5 Ha/Bohr in three orientations
+        assert check.max_force < tight.max_force + GRID_ROTATION_NOISE and check.rms_force < tight.rms_force, role
     energy = {role: getattr(reaction, role).get_potential_energy() for role in ROLES}
     # the stored energies are a second SCF at the same geometry (another starting density): ~1e-5 eV apart
     assert reaction.summary["barrier_forward_eV"] == pytest.approx(energy["ts"] - energy["reactant"], abs=1e-4)
