@@ -28,7 +28,7 @@ moved from its guess and how each method's Hessian classifies the guesses agains
 What still differs from the authors' protocol (ReactBench driving pysisyphus): the path is a geodesic
 interpolation instead of the growing string (no maintained PyPI release); Sella's RS-P-RFO and IRC
 instead of pysisyphus' (a Sella run that stalls or fails in internal coordinates goes on in Cartesians with a
-fresh budget); 9 small reactions instead of the T1x validation reactions.
+fresh budget); 8 small reactions (the labelled ones) instead of the T1x validation reactions.
 
 Results go to ``--output``: ``results.jsonl`` (runs, resumable), ``dft/results.jsonl`` (DFT checks,
 resumable), ``summary.csv``, ``table.txt`` and ``bench_ts_search.png`` (Fig. 4 style: share passing each

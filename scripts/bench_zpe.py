@@ -21,7 +21,7 @@ relaxes every molecule with PySCF at HORM's level (RS-RFO with BFGS updates from
 tight", as the paper) and computes its analytic Hessian there (slow on a CPU); each relaxed molecule is
 stored in ``dft_relaxed/results.jsonl`` as it finishes and reused by later runs.
 
-What still differs from the paper: 9 small reactions instead of 80 T1x validation reactants and products;
+What still differs from the paper: 8 small reactions instead of 80 T1x validation reactants and products;
 PySCF instead of the authors' DFT program.
 
 Outputs in ``--output``: ``results.jsonl`` (per molecule and method, resumable), ``summary.csv``,
