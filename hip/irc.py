@@ -250,7 +250,6 @@ def irc_verify(ts: Atoms, make_calculator: Callable[[], Calculator], hessian_fun
     return result
 
 
-# ---- the IRC's frames ------------------------------------------------------------------------------
 #: Å, how far the atom that moves most is displaced along the imaginary mode of a relaxation that stopped
 #: at a saddle (:func:`ensure_minimum`) before it is relaxed again.
 MINIMUM_DISPLACEMENT = 0.1
@@ -301,6 +300,7 @@ def ensure_minimum(atoms: Atoms, hessian_function: HessianFunction,
     return check
 
 
+# ---- the IRC's frames ------------------------------------------------------------------------------
 class FrameRecorder(Calculator):
     """An ASE calculator that passes ``inner``'s energy and forces through and keeps every geometry it is
     asked about in ``frames``, with ``base``'s energy (e.g. the IRC's geometries with the model's energy

@@ -356,7 +356,6 @@ class _Pipeline:
     def thermochemistry(self, record: StageRecord) -> None:
         s, points = self.settings, {}
         for name in ("reactant", "ts", "product"):
-            atoms = getattr(self.result, name)
             hessian = self.result.ts_hessian if name == "ts" else self.minimum(name, record)
             if hessian is None:
                 return
